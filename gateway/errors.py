@@ -1,0 +1,56 @@
+"""Refusals are values: one table maps each denial reason to its status and JSON body.
+
+Nothing else in the gateway builds an error response; bodies are rendered once, at import.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import orjson
+
+
+class MalformedRequest(ValueError):
+    """The request cannot be read safely (bad encoding, bad path, unreadable body): 400."""
+
+
+class CredentialConflict(ValueError):
+    """Two different credential values in one request: 400."""
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    reason: str  # key of REFUSALS
+    outcome: str  # what the access log records (the contract's vocabulary)
+    status: int
+    body: bytes
+    www_authenticate: bool = False
+
+
+def _refusal(
+    reason: str, status: int, message: str, *, outcome: str | None = None, www_authenticate: bool = False
+) -> Refusal:
+    body = orjson.dumps({"success": False, "error": message})
+    return Refusal(reason, outcome or reason, status, body, www_authenticate)
+
+
+_INVALID = "Invalid or expired authentication token"
+
+REFUSALS: dict[str, Refusal] = {
+    r.reason: r
+    for r in (
+        _refusal("missing", 401, "Missing authentication token", www_authenticate=True),
+        _refusal("invalid", 401, _INVALID, www_authenticate=True),
+        _refusal("revoked", 401, _INVALID, www_authenticate=True),
+        _refusal("expired", 401, _INVALID, www_authenticate=True),
+        _refusal("not_yet_active", 401, _INVALID, www_authenticate=True),
+        _refusal("forbidden", 403, "Insufficient permissions for this operation"),
+        _refusal("conflict", 400, "Multiple authentication tokens supplied"),
+        _refusal("malformed", 400, "Malformed request"),
+        _refusal("too_large", 413, "Request body too large", outcome="malformed"),
+        _refusal("rate_limited", 429, "Rate limit exceeded"),
+        _refusal("upstream_error", 502, "Upstream unavailable"),
+        _refusal("upstream_timeout", 504, "Upstream timed out", outcome="upstream_error"),
+        _refusal("unavailable", 503, "Authentication service unavailable"),
+    )
+}
