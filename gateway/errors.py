@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import orjson
+import json
 
 
 class MalformedRequest(ValueError):
@@ -30,7 +30,8 @@ class Refusal:
 def _refusal(
     reason: str, status: int, message: str, *, outcome: str | None = None, www_authenticate: bool = False
 ) -> Refusal:
-    body = orjson.dumps({"success": False, "error": message})
+    # Spaced exactly as the contract prints it, for clients that compare bytes.
+    body = json.dumps({"success": False, "error": message}).encode()
     return Refusal(reason, outcome or reason, status, body, www_authenticate)
 
 
