@@ -52,6 +52,7 @@ REFUSALS: dict[str, Refusal] = {
         _refusal("rate_limited", 429, "Rate limit exceeded"),
         _refusal("upstream_error", 502, "Upstream unavailable"),
         _refusal("upstream_timeout", 504, "Upstream timed out", outcome="upstream_error"),
+        _refusal("upstream_busy", 503, "Upstream unavailable", outcome="upstream_error"),
         _refusal("unavailable", 503, "Authentication service unavailable"),
     )
 }

@@ -1,0 +1,109 @@
+"""The token cache: an LRU with TTL in front of the store, keyed by secret digest.
+
+Unknown digests are cached negatively (bounded, short TTL) so a flood of invalid tokens does not reach SQLite, and
+concurrent misses for one digest share a single store query. A background task follows the store's change feed and
+evicts exactly the digests that changed, so revocations reach every worker within a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from cachetools import TTLCache
+
+from gateway.store import Store, StoreUnavailable, TokenRecord
+
+log = logging.getLogger("gateway.cache")
+
+_MISSING = object()
+
+
+class TokenCache:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        size: int,
+        ttl: float,
+        negative_size: int,
+        negative_ttl: float,
+        timer: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self._found: TTLCache[bytes, TokenRecord] = TTLCache(size, ttl, timer=timer)
+        self._unknown: TTLCache[bytes, bool] = TTLCache(negative_size, negative_ttl, timer=timer)
+        self._pending: dict[bytes, asyncio.Future[TokenRecord | None]] = {}
+        self._seq = 0
+        # Bumped by every eviction: a lookup that raced with a change must not cache what it read before it.
+        self._generation = 0
+        self.store_queries = 0  # for metrics and the tests that count SQLite round trips
+
+    async def get(self, digest: bytes) -> TokenRecord | None:
+        """The token for this digest, or None when the store does not know it. Raises StoreUnavailable."""
+        record = self._found.get(digest, _MISSING)
+        if record is not _MISSING:
+            return record  # type: ignore[return-value]
+        if digest in self._unknown:
+            return None
+        pending = self._pending.get(digest)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[TokenRecord | None] = asyncio.get_running_loop().create_future()
+        self._pending[digest] = future
+        generation = self._generation
+        try:
+            self.store_queries += 1
+            record = await self.store.lookup(digest)
+        except BaseException as e:
+            future.set_exception(e if isinstance(e, StoreUnavailable) else StoreUnavailable(repr(e)))
+            future.exception()  # mark retrieved: waiters may be none
+            raise
+        finally:
+            del self._pending[digest]
+        if generation == self._generation:
+            if record is None:
+                self._unknown[digest] = True
+            else:
+                self._found[digest] = record
+        future.set_result(record)
+        return record
+
+    def evict(self, digests: list[bytes]) -> None:
+        self._generation += 1
+        for d in digests:
+            self._found.pop(d, None)
+            self._unknown.pop(d, None)
+
+    def clear(self) -> None:
+        self._generation += 1
+        self._found.clear()
+        self._unknown.clear()
+
+    def __len__(self) -> int:
+        return len(self._found)
+
+    # --- change feed -------------------------------------------------------------------------------------------
+
+    async def start_following(self, interval: float = 0.25) -> asyncio.Task[None]:
+        self._seq = await self.store.change_seq()
+        return asyncio.create_task(self._follow(interval), name="cache-follow")
+
+    async def _follow(self, interval: float) -> None:
+        # One cheap indexed query every `interval` per worker, off the hot path; a revoke is seen well within 1 s.
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.poll_changes()
+            except (StoreUnavailable, Exception) as e:  # noqa: BLE001 - keep following; entries still expire by TTL
+                log.warning("cannot read the token change feed: %s", e)
+
+    async def poll_changes(self) -> None:
+        seq, digests, gap = await self.store.changes_since(self._seq)
+        if gap:
+            self.clear()
+        elif digests:
+            self.evict(digests)
+        self._seq = seq

@@ -1,0 +1,702 @@
+"""Configuration: TOML parsed once, at the edge, into frozen typed dataclasses.
+
+Every error names the key that is wrong and how to fix it; the CLI turns ConfigError into exit code 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import ipaddress
+import os
+import re
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from gateway.credentials import CredentialSpec
+
+DEFAULT_PATH = "config/gateway.toml"
+TOKEN_TYPES = ("developer", "connector", "internal", "external")
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
+
+
+class ConfigError(Exception):
+    """A configuration mistake, phrased for the operator who has to fix it."""
+
+
+# --- value types -------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """`count` requests per `period` seconds (a rate limit such as "600/minute")."""
+
+    count: int
+    period: float
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Quota:
+    """`count` requests per calendar `window` ("day" or "month", UTC boundaries)."""
+
+    count: int
+    window: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Listen:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    listen: Listen = Listen("0.0.0.0", 8080)
+    workers: int = 1
+    max_body: int = 10 * 1024 * 1024
+    unmatched: str = "deny"
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    max_header_size: int = 8 * 1024
+    max_headers: int = 100
+    max_url: int = 8 * 1024
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    keepalive_timeout: float = 75.0
+    max_connections: int = 10_000
+    shutdown_grace: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class AdminConfig:
+    listen: Listen = Listen("127.0.0.1", 8081)
+    token_env: str = "GATEWAY_ADMIN_TOKEN"
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    database: Path = Path("data/gateway.db")
+    busy_timeout: float = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class CacheConfig:
+    size: int = 10_000
+    ttl: float = 30.0
+    negative_size: int = 10_000
+    negative_ttl: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class AccessLogConfig:
+    path: str = "logs/access.jsonl"
+    rotate: int | None = 100 * 1024 * 1024
+    keep: int = 5
+    retain: float | None = 30 * 86400.0
+    queue: int = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    backend: str = "local"
+    on_backend_error: str = "deny"
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamConfig:
+    url: str = "http://127.0.0.1:9000"
+    timeout: float = 30.0
+    connect_timeout: float = 5.0
+    max_connections: int = 256
+    pool_timeout: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    path: str  # without the trailing "/*" of a prefix route
+    prefix: bool
+    methods: frozenset[str] | None
+    permission: str
+    rate_limit: Rate | None
+    index: int
+
+    @property
+    def pattern(self) -> str:
+        return self.path.rstrip("/") + "/*" if self.prefix else self.path
+
+
+@dataclass(frozen=True, slots=True)
+class TokenSeed:
+    name: str
+    digest: bytes
+    type: str
+    company: str | None
+    permissions: tuple[str, ...]
+    not_before: float | None
+    expires: float | None
+    rate_limit: Rate | None
+    quota: Quota | None
+    concurrency: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    server: ServerConfig = ServerConfig()
+    admin: AdminConfig = AdminConfig()
+    store: StoreConfig = StoreConfig()
+    cache: CacheConfig = CacheConfig()
+    access_log: AccessLogConfig = AccessLogConfig()
+    limits: LimitsConfig = LimitsConfig()
+    token_types: dict[str, frozenset[str]] = field(default_factory=dict)
+    upstream: UpstreamConfig = UpstreamConfig()
+    credentials: CredentialSpec = CredentialSpec()
+    routes: tuple[Route, ...] = ()
+    tokens: tuple[TokenSeed, ...] = ()
+    source: Path | None = None
+
+    @property
+    def sections(self) -> frozenset[str]:
+        """The API sections the routes define; token permissions must name one of them (or "*")."""
+        return frozenset(section_of(r.permission) for r in self.routes)
+
+
+# --- permissions -------------------------------------------------------------------------------------------------
+
+
+def section_of(permission: str) -> str:
+    return permission.split(":", 1)[0]
+
+
+def grants(held: str, needed: str) -> bool:
+    """Whether permission `held` covers `needed`: "*" all, "leads" every leads action, "leads:read" only itself."""
+    return held == "*" or held == needed or (":" not in held and section_of(needed) == held)
+
+
+# --- scalar parsers ----------------------------------------------------------------------------------------------
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_SIZE = re.compile(r"(\d+)\s*(B|KB|MB|GB)?", re.IGNORECASE)
+_SIZE_UNITS = {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3}
+_RATE = re.compile(r"(\d+)\s*/\s*(second|minute|hour)")
+_RATE_UNITS = {"second": 1.0, "minute": 60.0, "hour": 3600.0}
+_QUOTA = re.compile(r"(\d+)\s*/\s*(day|month)")
+_PERMISSION = re.compile(r"\*|[a-z0-9][a-z0-9_.-]*(:[a-z0-9][a-z0-9_.-]*)?")
+
+
+def parse_duration(value: Any, key: str = "duration") -> float:
+    if isinstance(value, bool):
+        raise ConfigError(f"{key}: expected a duration like \"30s\", \"5m\", \"1h\" or \"7d\", got {value!r}")
+    if isinstance(value, int | float) and value >= 0:
+        return float(value)
+    if isinstance(value, str) and (m := _DURATION.fullmatch(value.strip())):
+        return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+    raise ConfigError(f"{key}: expected a duration like \"30s\", \"5m\", \"1h\" or \"7d\", got {value!r}")
+
+
+def parse_size(value: Any, key: str = "size") -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str) and (m := _SIZE.fullmatch(value.strip())):
+        return int(m.group(1)) * _SIZE_UNITS[(m.group(2) or "B").upper()]
+    raise ConfigError(f"{key}: expected a size like \"10MB\", \"512KB\" or a number of bytes, got {value!r}")
+
+
+def parse_rate(value: Any, key: str = "rate_limit") -> Rate:
+    if isinstance(value, str) and (m := _RATE.fullmatch(value.strip())) and int(m.group(1)) > 0:
+        return Rate(int(m.group(1)), _RATE_UNITS[m.group(2)], f"{int(m.group(1))}/{m.group(2)}")
+    raise ConfigError(f"{key}: expected a rate like \"600/minute\" (per second, minute or hour), got {value!r}")
+
+
+def parse_quota(value: Any, key: str = "quota") -> Quota:
+    if isinstance(value, str) and (m := _QUOTA.fullmatch(value.strip())) and int(m.group(1)) > 0:
+        return Quota(int(m.group(1)), m.group(2), f"{int(m.group(1))}/{m.group(2)}")
+    raise ConfigError(f"{key}: expected a quota like \"10000/day\" (per day or month), got {value!r}")
+
+
+def parse_listen(value: Any, key: str) -> Listen:
+    if isinstance(value, str):
+        host, sep, port = value.rpartition(":")
+        if sep and port.isdigit() and int(port) < 65536:
+            return Listen(host.strip("[]") or "0.0.0.0", int(port))
+    raise ConfigError(f"{key}: expected \"host:port\" such as \"0.0.0.0:8080\", got {value!r}")
+
+
+def parse_permission(value: Any, key: str) -> str:
+    if isinstance(value, str) and _PERMISSION.fullmatch(value):
+        return value
+    raise ConfigError(
+        f"{key}: expected a permission like \"leads\", \"leads:read\" or \"*\" (lowercase section[:action]), got {value!r}"
+    )
+
+
+def parse_when(value: Any, key: str) -> float:
+    """A TOML datetime (with an offset) or date, as a UTC timestamp."""
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:
+            raise ConfigError(f"{key}: the datetime {value.isoformat()} needs a UTC offset, e.g. {value.isoformat()}Z")
+        return value.timestamp()
+    if isinstance(value, dt.date):
+        return dt.datetime(value.year, value.month, value.day, tzinfo=dt.UTC).timestamp()
+    raise ConfigError(f"{key}: expected a TOML datetime like 2027-01-01T00:00:00Z, got {value!r}")
+
+
+# --- table reader ------------------------------------------------------------------------------------------------
+
+
+class _Table:
+    """Reads one TOML table: each key is taken once with its parser; leftovers are unknown keys."""
+
+    def __init__(self, raw: Any, name: str) -> None:
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{name}: expected a table, got {type(raw).__name__}")
+        self.raw = dict(raw)
+        self.name = name
+
+    def key(self, k: str) -> str:
+        return f"{self.name}.{k}" if self.name else k
+
+    def take(self, k: str, parse: Callable[[Any, str], Any], default: Any = None) -> Any:
+        if k not in self.raw:
+            return default
+        return parse(self.raw.pop(k), self.key(k))
+
+    def has(self, k: str) -> bool:
+        return k in self.raw
+
+    def done(self, known: tuple[str, ...] = ()) -> None:
+        if self.raw:
+            extra = sorted(self.raw)[0]
+            hint = f"; known keys: {', '.join(known)}" if known else ""
+            raise ConfigError(f"{self.key(extra)}: unknown key{hint}")
+
+
+def _int(lo: int, hi: int | None = None) -> Callable[[Any, str], int]:
+    def parse(v: Any, key: str) -> int:
+        if isinstance(v, int) and not isinstance(v, bool) and v >= lo and (hi is None or v <= hi):
+            return v
+        bound = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
+        raise ConfigError(f"{key}: expected a whole number {bound}, got {v!r}")
+
+    return parse
+
+
+def _str(v: Any, key: str) -> str:
+    if isinstance(v, str) and v:
+        return v
+    raise ConfigError(f"{key}: expected a non-empty string, got {v!r}")
+
+
+def _bool(v: Any, key: str) -> bool:
+    if isinstance(v, bool):
+        return v
+    raise ConfigError(f"{key}: expected true or false, got {v!r}")
+
+
+def _choice(*options: str) -> Callable[[Any, str], str]:
+    def parse(v: Any, key: str) -> str:
+        if v in options:
+            return v
+        raise ConfigError(f"{key}: expected one of {', '.join(repr(o) for o in options)}, got {v!r}")
+
+    return parse
+
+
+def _list(item: Callable[[Any, str], Any]) -> Callable[[Any, str], tuple]:
+    def parse(v: Any, key: str) -> tuple:
+        if not isinstance(v, list):
+            raise ConfigError(f"{key}: expected a list, got {v!r}")
+        return tuple(item(x, f"{key}[{i}]") for i, x in enumerate(v))
+
+    return parse
+
+
+def _cidr(v: Any, key: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    try:
+        return ipaddress.ip_network(v, strict=False)
+    except (ValueError, TypeError):
+        raise ConfigError(f"{key}: expected a CIDR like \"10.0.0.0/8\", got {v!r}") from None
+
+
+def _upstream_url(v: Any, key: str) -> str:
+    if isinstance(v, str):
+        parts = urlsplit(v)
+        if parts.scheme == "http" and parts.hostname and parts.path in ("", "/") and not parts.query:
+            return v.rstrip("/")
+    raise ConfigError(f"{key}: expected an http URL without a path, like \"http://127.0.0.1:9000\", got {v!r}")
+
+
+def _limits_backend(v: Any, key: str) -> str:
+    if v == "local" or (isinstance(v, str) and v.startswith(("redis://", "rediss://", "unix://"))):
+        return v
+    raise ConfigError(f"{key}: expected \"local\" or a Redis URL like \"redis://127.0.0.1:6379/0\", got {v!r}")
+
+
+def _nullable(parse: Callable[[Any, str], Any]) -> Callable[[Any, str], Any]:
+    """Sizes and durations where "off" (or 0) disables the feature."""
+
+    def wrapped(v: Any, key: str) -> Any:
+        if v in ("off", "none", 0, False):
+            return None
+        return parse(v, key)
+
+    return wrapped
+
+
+# --- sections ----------------------------------------------------------------------------------------------------
+
+
+def _server(raw: Any) -> ServerConfig:
+    t = _Table(raw, "server")
+    d = ServerConfig()
+    cfg = ServerConfig(
+        listen=t.take("listen", parse_listen, d.listen),
+        workers=t.take("workers", _int(0, 256), d.workers),
+        max_body=t.take("max_body", parse_size, d.max_body),
+        unmatched=t.take("unmatched", _choice("deny", "allow-authenticated"), d.unmatched),
+        trusted_proxies=t.take("trusted_proxies", _list(_cidr), ()),
+        max_header_size=t.take("max_header_size", parse_size, d.max_header_size),
+        max_headers=t.take("max_headers", _int(1), d.max_headers),
+        max_url=t.take("max_url", parse_size, d.max_url),
+        header_timeout=t.take("header_timeout", parse_duration, d.header_timeout),
+        body_timeout=t.take("body_timeout", parse_duration, d.body_timeout),
+        keepalive_timeout=t.take("keepalive_timeout", parse_duration, d.keepalive_timeout),
+        max_connections=t.take("max_connections", _int(1), d.max_connections),
+        shutdown_grace=t.take("shutdown_grace", parse_duration, d.shutdown_grace),
+    )
+    t.done(tuple(ServerConfig.__dataclass_fields__))
+    return cfg
+
+
+def _admin(raw: Any) -> AdminConfig:
+    t = _Table(raw, "admin")
+    d = AdminConfig()
+    cfg = AdminConfig(t.take("listen", parse_listen, d.listen), t.take("token_env", _str, d.token_env))
+    t.done(tuple(AdminConfig.__dataclass_fields__))
+    return cfg
+
+
+def _store(raw: Any) -> StoreConfig:
+    t = _Table(raw, "store")
+    d = StoreConfig()
+    cfg = StoreConfig(
+        database=Path(t.take("database", _str, str(d.database))),
+        busy_timeout=t.take("busy_timeout", parse_duration, d.busy_timeout),
+    )
+    t.done(tuple(StoreConfig.__dataclass_fields__))
+    return cfg
+
+
+def _cache(raw: Any) -> CacheConfig:
+    t = _Table(raw, "cache")
+    d = CacheConfig()
+    cfg = CacheConfig(
+        size=t.take("size", _int(1), d.size),
+        ttl=t.take("ttl", parse_duration, d.ttl),
+        negative_size=t.take("negative_size", _int(1), d.negative_size),
+        negative_ttl=t.take("negative_ttl", parse_duration, d.negative_ttl),
+    )
+    t.done(tuple(CacheConfig.__dataclass_fields__))
+    return cfg
+
+
+def _access_log(raw: Any) -> AccessLogConfig:
+    t = _Table(raw, "access_log")
+    d = AccessLogConfig()
+    cfg = AccessLogConfig(
+        path=t.take("path", _str, d.path),
+        rotate=t.take("rotate", _nullable(parse_size), d.rotate),
+        keep=t.take("keep", _int(0), d.keep),
+        retain=t.take("retain", _nullable(parse_duration), d.retain),
+        queue=t.take("queue", _int(1), d.queue),
+    )
+    t.done(tuple(AccessLogConfig.__dataclass_fields__))
+    return cfg
+
+
+def _limits(raw: Any) -> LimitsConfig:
+    t = _Table(raw, "limits")
+    d = LimitsConfig()
+    cfg = LimitsConfig(
+        backend=t.take("backend", _limits_backend, d.backend),
+        on_backend_error=t.take("on_backend_error", _choice("deny", "allow"), d.on_backend_error),
+    )
+    t.done(tuple(LimitsConfig.__dataclass_fields__))
+    return cfg
+
+
+def _upstream(raw: Any) -> UpstreamConfig:
+    t = _Table(raw, "upstream")
+    d = UpstreamConfig()
+    cfg = UpstreamConfig(
+        url=t.take("url", _upstream_url, d.url),
+        timeout=t.take("timeout", parse_duration, d.timeout),
+        connect_timeout=t.take("connect_timeout", parse_duration, d.connect_timeout),
+        max_connections=t.take("max_connections", _int(1), d.max_connections),
+        pool_timeout=t.take("pool_timeout", parse_duration, d.pool_timeout),
+    )
+    t.done(tuple(UpstreamConfig.__dataclass_fields__))
+    return cfg
+
+
+def _credentials(raw: Any) -> CredentialSpec:
+    t = _Table(raw, "credentials")
+    d = CredentialSpec()
+    cfg = CredentialSpec(
+        query_param=t.take("query_param", _nullable(_str), d.query_param),
+        body_field=t.take("body_field", _nullable(_str), d.body_field),
+        bearer=t.take("bearer", _bool, d.bearer),
+        forward=t.take("forward", _bool, d.forward),
+    )
+    t.done(("query_param", "body_field", "bearer", "forward"))
+    return cfg
+
+
+def _token_types(raw: Any) -> dict[str, frozenset[str]]:
+    t = _Table(raw, "token_types")
+    out: dict[str, frozenset[str]] = {}
+    for name in list(t.raw):
+        if name not in TOKEN_TYPES:
+            raise ConfigError(f"token_types.{name}: unknown token type; known types: {', '.join(TOKEN_TYPES)}")
+        sub = _Table(t.raw.pop(name), f"token_types.{name}")
+        out[name] = frozenset(sub.take("permissions", _list(parse_permission), ()))
+        sub.done(("permissions",))
+    return out
+
+
+def _routes(raw: Any) -> tuple[Route, ...]:
+    if not isinstance(raw, list):
+        raise ConfigError("routes: expected [[routes]] tables")
+    routes = []
+    for i, entry in enumerate(raw):
+        t = _Table(entry, f"routes[{i}]")
+        path = t.take("path", _str)
+        if path is None:
+            raise ConfigError(f"routes[{i}].path: missing; every route needs a path like \"/v1/leads/insert\"")
+        if not path.startswith("/"):
+            raise ConfigError(f"routes[{i}].path: must start with \"/\", got {path!r}")
+        prefix = path.endswith("/*")
+        if "*" in (path[:-2] if prefix else path):
+            raise ConfigError(f"routes[{i}].path: \"*\" is only allowed as a final \"/*\" prefix, got {path!r}")
+        if not t.has("permission"):
+            raise ConfigError(f"routes[{i}].permission: missing; every route needs a permission like \"leads:read\"")
+        permission = t.take("permission", parse_permission)
+        if permission == "*":
+            raise ConfigError(f"routes[{i}].permission: a route needs a section, not \"*\"")
+
+        def method(v: Any, key: str) -> str:
+            if isinstance(v, str) and v.upper() in HTTP_METHODS:
+                return v.upper()
+            raise ConfigError(f"{key}: expected an HTTP method like \"GET\" or \"POST\", got {v!r}")
+
+        methods = t.take("methods", _list(method))
+        routes.append(
+            Route(
+                path=path[:-2] or "/" if prefix else path,
+                prefix=prefix,
+                methods=frozenset(methods) if methods else None,
+                permission=permission,
+                rate_limit=t.take("rate_limit", parse_rate),
+                index=i,
+            )
+        )
+        t.done(("path", "methods", "permission", "rate_limit"))
+    return tuple(routes)
+
+
+def _secret_digest(t: _Table, env: dict[str, str]) -> bytes:
+    given = [k for k in ("secret_env", "secret_sha256", "secret") if t.has(k)]
+    if len(given) != 1:
+        raise ConfigError(
+            f"{t.name}: give exactly one of secret_env, secret_sha256 or secret"
+            + (f" (found {', '.join(given)})" if given else "")
+        )
+    kind = given[0]
+    value = t.take(kind, _str)
+    if kind == "secret_env":
+        secret = env.get(value, "")
+        if not secret:
+            raise ConfigError(f"{t.key('secret_env')}: environment variable {value} is not set; export it first")
+        return hashlib.sha256(secret.encode()).digest()
+    if kind == "secret_sha256":
+        if not re.fullmatch(r"[0-9a-fA-F]{64}", value):
+            raise ConfigError(f"{t.key('secret_sha256')}: expected 64 hex digits (the SHA-256 of the secret)")
+        return bytes.fromhex(value)
+    return hashlib.sha256(value.encode()).digest()
+
+
+def _token(raw: Any, name: str, env: dict[str, str]) -> TokenSeed:
+    t = _Table(raw, name)
+    token_name = t.take("name", _str)
+    if token_name is None:
+        raise ConfigError(f"{name}.name: missing; every seeded token needs a unique name")
+    digest = _secret_digest(t, env)
+    permissions = t.take("permissions", _list(parse_permission), None)
+    if permissions is None:
+        raise ConfigError(f"{name}.permissions: missing; list sections like [\"leads:read\"] or [\"*\"]")
+    seed = TokenSeed(
+        name=token_name,
+        digest=digest,
+        type=t.take("type", _choice(*TOKEN_TYPES), "developer"),
+        company=t.take("company", _str),
+        permissions=tuple(dict.fromkeys(permissions)),
+        not_before=t.take("not_before", parse_when),
+        expires=t.take("expires", parse_when),
+        rate_limit=t.take("rate_limit", parse_rate),
+        quota=t.take("quota", parse_quota),
+        concurrency=t.take("concurrency", _int(1)),
+    )
+    t.done(
+        ("name", "secret_env", "secret_sha256", "secret", "type", "company", "permissions", "not_before", "expires")
+        + ("rate_limit", "quota", "concurrency")
+    )
+    return seed
+
+
+def check_token_permissions(
+    *,
+    key: str,
+    type_: str,
+    company: str | None,
+    permissions: tuple[str, ...] | list[str],
+    sections: frozenset[str],
+    token_types: dict[str, frozenset[str]],
+) -> None:
+    """The rules every token obeys, whether seeded or made with the CLI; raises ConfigError naming `key`."""
+    for p in permissions:
+        if p != "*" and section_of(p) not in sections:
+            known = ", ".join(sorted(sections)) or "(none: no routes are configured)"
+            raise ConfigError(f"{key}: unknown section {section_of(p)!r} in {p!r}; known sections: {known}")
+    if type_ in ("connector", "external"):
+        ceiling = token_types.get(type_, frozenset())
+        for p in permissions:
+            if not any(grants(c, p) for c in ceiling):
+                allowed = ", ".join(sorted(ceiling)) or "nothing"
+                raise ConfigError(
+                    f"{key}: {type_} tokens may hold at most [token_types.{type_}] permissions ({allowed}); "
+                    f"{p!r} is outside that"
+                )
+    if type_ == "external" and not company:
+        raise ConfigError(f"{key}: external tokens need a company")
+    if type_ != "external" and company:
+        raise ConfigError(f"{key}: only external tokens carry a company")
+
+
+# --- loading -----------------------------------------------------------------------------------------------------
+
+TOP_LEVEL = (
+    "server",
+    "admin",
+    "store",
+    "cache",
+    "access_log",
+    "limits",
+    "token_types",
+    "upstream",
+    "credentials",
+    "routes",
+    "tokens",
+    "include",
+)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file; pass --config PATH or set GATEWAY_CONFIG") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+
+
+def parse(raw: dict[str, Any], *, base: Path | None = None, env: dict[str, str] | None = None) -> Config:
+    """Build a Config from parsed TOML; `base` is the folder `include` paths are relative to."""
+    env = dict(os.environ) if env is None else env
+    t = _Table(raw, "")
+    server = _server(t.raw.pop("server", {}))
+    admin = _admin(t.raw.pop("admin", {}))
+    store = _store(t.raw.pop("store", {}))
+    cache = _cache(t.raw.pop("cache", {}))
+    access_log = _access_log(t.raw.pop("access_log", {}))
+    limits = _limits(t.raw.pop("limits", {}))
+    token_types = _token_types(t.raw.pop("token_types", {}))
+    upstream = _upstream(t.raw.pop("upstream", {}))
+    credentials = _credentials(t.raw.pop("credentials", {}))
+    routes = _routes(t.raw.pop("routes", []))
+
+    token_tables: list[tuple[str, Any]] = []
+    raw_tokens = t.raw.pop("tokens", [])
+    if not isinstance(raw_tokens, list):
+        raise ConfigError("tokens: expected [[tokens]] tables")
+    token_tables += [(f"tokens[{i}]", x) for i, x in enumerate(raw_tokens)]
+    for i, inc in enumerate(t.take("include", _list(_str), ())):
+        inc_path = (base or Path(".")) / inc
+        inc_raw = _read_toml(inc_path)
+        inc_tokens = inc_raw.pop("tokens", [])
+        if inc_raw:
+            raise ConfigError(f"include[{i}] ({inc}): {sorted(inc_raw)[0]}: unknown key; included files hold [[tokens]] only")
+        if not isinstance(inc_tokens, list):
+            raise ConfigError(f"include[{i}] ({inc}): tokens: expected [[tokens]] tables")
+        token_tables += [(f"{inc}: tokens[{j}]", x) for j, x in enumerate(inc_tokens)]
+    t.done(TOP_LEVEL)
+
+    if credentials.query_param is None and credentials.body_field is None and not credentials.bearer:
+        raise ConfigError("credentials: every credential place is disabled; enable query_param, body_field or bearer")
+
+    cfg = Config(
+        server=server,
+        admin=admin,
+        store=store,
+        cache=cache,
+        access_log=access_log,
+        limits=limits,
+        token_types=token_types,
+        upstream=upstream,
+        credentials=credentials,
+        routes=routes,
+        tokens=(),
+    )
+    sections = cfg.sections
+    seeds: list[TokenSeed] = []
+    names: set[str] = set()
+    digests: set[bytes] = set()
+    for key, raw_token in token_tables:
+        seed = _token(raw_token, key, env)
+        if seed.name in names:
+            raise ConfigError(f"{key}.name: duplicate token name {seed.name!r}")
+        if seed.digest in digests:
+            raise ConfigError(f"{key}: the same secret is already used by another seeded token")
+        check_token_permissions(
+            key=f"{key}.permissions",
+            type_=seed.type,
+            company=seed.company,
+            permissions=seed.permissions,
+            sections=sections,
+            token_types=token_types,
+        )
+        names.add(seed.name)
+        digests.add(seed.digest)
+        seeds.append(seed)
+    return dataclasses.replace(cfg, tokens=tuple(seeds))
+
+
+def resolve_path(path: str | os.PathLike[str] | None) -> Path:
+    return Path(path or os.environ.get("GATEWAY_CONFIG") or DEFAULT_PATH)
+
+
+def load(path: str | os.PathLike[str] | None = None, *, env: dict[str, str] | None = None) -> Config:
+    p = resolve_path(path)
+    raw = _read_toml(p)
+    return dataclasses.replace(parse(raw, base=p.parent, env=env), source=p)

@@ -1,0 +1,428 @@
+"""The request pipeline, one request at a time:
+
+    normalise path -> match route -> extract credential -> look up token (cache, then store)
+                   -> decide (pure) -> forward (or refuse) -> log
+
+Each step lives in its own module; this one wires them together and owns the I/O at the edges.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import os
+import time
+import zlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from multidict import CIMultiDict
+
+from gateway import paths, policy
+from gateway.cache import TokenCache
+from gateway.config import Config, Route
+from gateway.credentials import Found, body_kind, find
+from gateway.errors import REFUSALS, CredentialConflict, MalformedRequest, Refusal
+from gateway.routes import Router
+from gateway.store import StoreUnavailable, TokenRecord, digest_of
+from gateway.upstream import UpstreamBusy, UpstreamError, UpstreamPool, UpstreamResponse, UpstreamTimeout
+
+# Never forwarded in either direction (RFC 9110 section 7.6.1), plus framing the gateway redoes itself.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+        "http2-settings",
+    }
+)
+# Request headers the gateway sets itself or refuses to pass on: a client must not be able to forge identity,
+# override the method the permission was decided on, or ask the upstream for an interim 100 on our behalf.
+REQUEST_DROP = HOP_BY_HOP | {
+    "host",
+    "expect",
+    "x-request-id",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "forwarded",
+    "x-real-ip",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+}
+RESPONSE_DROP = HOP_BY_HOP - {"content-length"}
+IDENTITY_PREFIX = "x-gateway-"
+DECODABLE = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class ClientBodyError(Exception):
+    """The client stopped sending its body (timeout) or went away while the gateway streamed it."""
+
+
+@dataclass(slots=True)
+class Refused(Exception):
+    refusal: Refusal
+
+
+def _refusal_headers(refusal: Refusal, request_id: str) -> CIMultiDict[str]:
+    headers = CIMultiDict(
+        {"Content-Type": "application/json", "Cache-Control": "no-store", "X-Request-Id": request_id}
+    )
+    if refusal.www_authenticate:
+        error = ' error="invalid_token"' if refusal.reason != "missing" else ""
+        headers["WWW-Authenticate"] = f'Bearer realm="gateway"{error}'
+    return headers
+
+
+class Gateway:
+    """Holds one worker's steps and answers every request that reaches it."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        cache: TokenCache,
+        upstream: UpstreamPool,
+        access_log: Any,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.cache = cache
+        self.upstream = upstream
+        self.access_log = access_log
+        self.clock = clock
+        self._rid_prefix = os.urandom(6).hex()
+        self._rid_counter = 0
+        self.in_flight = 0
+        self.outcomes: dict[tuple[str, int], int] = {}  # (outcome, status) -> requests, for /metrics
+        self.apply(config)
+
+    def apply(self, config: Config) -> None:
+        """Take a (re)loaded config; requests already running keep the one they started with."""
+        self.config = config
+        self.router = Router(config.routes)
+        self.spec = config.credentials
+        self.allow_unmatched = config.server.unmatched == "allow-authenticated"
+        self.max_body = config.server.max_body
+        self.body_timeout = config.server.body_timeout
+        self.trusted = config.server.trusted_proxies
+
+    def _request_id(self) -> str:
+        self._rid_counter += 1
+        return f"{self._rid_prefix}{self._rid_counter:010x}"
+
+    # --- the pipeline ------------------------------------------------------------------------------------------
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        started = time.perf_counter()
+        self.in_flight += 1
+        entry: dict[str, Any] = {
+            "ts": self.clock(),
+            "request_id": self._request_id(),
+            "client_ip": _peer_ip(request),
+            "method": request.method,
+            "path": None,
+            "query": None,
+            "route": None,
+            "permission": None,
+            "token_id": None,
+            "token_name": None,
+            "outcome": "allowed",
+            "status": 0,
+            "duration_ms": 0.0,
+            "upstream_ms": None,
+            "bytes_in": 0,
+            "bytes_out": 0,
+        }
+        try:
+            return await self._handle(request, entry)
+        finally:
+            self.in_flight -= 1
+            entry["duration_ms"] = round((time.perf_counter() - started) * 1000, 3)
+            key = (entry["outcome"], entry["status"])
+            self.outcomes[key] = self.outcomes.get(key, 0) + 1
+            wait = self.access_log.put(entry)
+            if wait is not None:
+                await wait
+
+    async def _handle(self, request: web.BaseRequest, entry: dict[str, Any]) -> web.StreamResponse:
+        try:
+            target = request.raw_path
+            path, query = paths.normalise(target)
+        except MalformedRequest:
+            entry["path"] = target.partition("?")[0][:2048]
+            return self._refuse(REFUSALS["malformed"], entry)
+        entry["path"] = path
+        route = self.router.match(path, request.method)
+        if route is not None:
+            entry["route"] = route.pattern
+            entry["permission"] = route.permission
+
+        spec = self.spec
+        headers = request.headers
+        content_type = headers.get("Content-Type")
+        kind = body_kind(spec, content_type) if request.body_exists else None
+        try:
+            length = _content_length(request)
+            if length is not None and length > self.max_body:
+                raise BodyTooLarge
+            body = await self._read_body(request, length) if kind is not None else None
+            entry["query"] = query  # provisional; replaced below by the redacted form
+            found = find(spec, query, headers.getall("Authorization", []), content_type, body)
+        except BodyTooLarge:
+            entry["query"] = self._redacted(query)
+            return self._refuse(REFUSALS["too_large"], entry)
+        except CredentialConflict:
+            entry["query"] = self._redacted(query)
+            return self._refuse(REFUSALS["conflict"], entry)
+        except (MalformedRequest, HttpProcessingError, UnicodeError, zlib.error, TimeoutError, ConnectionError):
+            entry["query"] = self._redacted(query)
+            return self._refuse(REFUSALS["malformed"], entry)
+        entry["query"] = found.query if not spec.forward else self._redacted(query)
+
+        token: TokenRecord | None = None
+        if found.token:
+            try:
+                token = await self.cache.get(digest_of(found.token))
+            except StoreUnavailable:
+                return self._refuse(REFUSALS["unavailable"], entry)
+            if token is not None:
+                entry["token_id"] = token.id
+                entry["token_name"] = token.name
+        refusal = policy.decide(
+            credential=found.token,
+            token=token,
+            route=route,
+            allow_unmatched=self.allow_unmatched,
+            now=self.clock(),
+        )
+        if refusal is not None:
+            return self._refuse(refusal, entry)
+        assert token is not None
+        return await self._forward(request, entry, path, found, body, length, token, route)
+
+    def _refuse(self, refusal: Refusal, entry: dict[str, Any]) -> web.Response:
+        entry["outcome"] = refusal.outcome
+        entry["status"] = refusal.status
+        entry["bytes_out"] = len(refusal.body)
+        return web.Response(
+            status=refusal.status, body=refusal.body, headers=_refusal_headers(refusal, entry["request_id"])
+        )
+
+    def _redacted(self, query: str) -> str:
+        return find_redacted(self.spec, query)
+
+    # --- body ----------------------------------------------------------------------------------------------------
+
+    async def _read_body(self, request: web.BaseRequest, length: int | None) -> bytes:
+        """Buffer a body the gateway must read for a credential, bounded by max_body and body_timeout."""
+        limit = self.max_body
+        chunks: list[bytes] = []
+        size = 0
+        async with asyncio.timeout(self.body_timeout):
+            async for chunk in request.content.iter_any():
+                size += len(chunk)
+                if size > limit:
+                    raise BodyTooLarge
+                chunks.append(chunk)
+        body = b"".join(chunks)
+        encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding not in ("", "identity"):
+            # The credential may sit inside a compressed body: decode it ourselves (bounded) and forward the
+            # decoded body, so the headers always describe the bytes the upstream receives.
+            wbits = DECODABLE.get(encoding)
+            if wbits is None:
+                raise MalformedRequest(f"cannot read a body with Content-Encoding {encoding}")
+            decoder = zlib.decompressobj(wbits)
+            body = decoder.decompress(body, limit + 1)
+            if len(body) > limit or decoder.unconsumed_tail:
+                raise BodyTooLarge
+            if not decoder.eof:
+                raise MalformedRequest("truncated compressed body")
+        return body
+
+    async def _stream_body(self, request: web.BaseRequest, length: int | None) -> AsyncIterator[bytes]:
+        limit = self.max_body
+        size = 0
+        timeout = self.body_timeout
+        content = request.content
+        while True:
+            try:
+                async with asyncio.timeout(timeout):
+                    chunk = await content.readany()
+            except (TimeoutError, ConnectionError, HttpProcessingError) as e:
+                raise ClientBodyError(repr(e)) from e
+            if not chunk:
+                return
+            size += len(chunk)
+            if size > limit:
+                raise BodyTooLarge
+            yield chunk
+
+    # --- forward -------------------------------------------------------------------------------------------------
+
+    async def _forward(
+        self,
+        request: web.BaseRequest,
+        entry: dict[str, Any],
+        path: str,
+        found: Found,
+        body: bytes | None,
+        length: int | None,
+        token: TokenRecord,
+        route: Route | None,
+    ) -> web.StreamResponse:
+        headers = self._upstream_headers(request, found, token, entry["request_id"], decoded=body is not None)
+        if body is not None:
+            payload: bytes | AsyncIterator[bytes] | None = found.body
+            body_length = len(found.body) if found.body is not None else None
+            entry["bytes_in"] = body_length or 0
+        elif request.body_exists:
+            payload = self._stream_body(request, length)
+            body_length = length
+        else:
+            payload, body_length = None, None
+        target = path + "?" + found.query if found.query else path
+        upstream_started = time.perf_counter()
+        try:
+            upstream = await self.upstream.request(request.method, target, headers, payload, body_length)
+        except BodyTooLarge:
+            return self._refuse(REFUSALS["too_large"], entry)
+        except ClientBodyError:
+            return self._refuse(REFUSALS["malformed"], entry)
+        except UpstreamTimeout:
+            return self._upstream_failed(REFUSALS["upstream_timeout"], entry, upstream_started)
+        except UpstreamBusy:
+            return self._upstream_failed(REFUSALS["upstream_busy"], entry, upstream_started)
+        except UpstreamError:
+            return self._upstream_failed(REFUSALS["upstream_error"], entry, upstream_started)
+        try:
+            return await self._relay(request, upstream, entry, upstream_started)
+        finally:
+            upstream.release()
+            if payload is not None and body is None:
+                entry["bytes_in"] = request.content.total_bytes
+
+    def _upstream_failed(self, refusal: Refusal, entry: dict[str, Any], started: float) -> web.Response:
+        entry["upstream_ms"] = round((time.perf_counter() - started) * 1000, 3)
+        return self._refuse(refusal, entry)
+
+    def _upstream_headers(
+        self, request: web.BaseRequest, found: Found, token: TokenRecord, request_id: str, decoded: bool
+    ) -> list[tuple[str, str]]:
+        drop = REQUEST_DROP
+        raw = request.headers
+        connection = raw.get("Connection")
+        if connection:
+            # Headers the client names in Connection are hop-by-hop too; our own identity headers are added
+            # afterwards, so naming them here cannot remove them.
+            drop = drop | {h.strip().lower() for h in connection.split(",")}
+        if found.strip_authorization:
+            drop = drop | {"authorization"}
+        if decoded:
+            drop = drop | {"content-encoding"}
+        out = [
+            (name, value)
+            for name, value in raw.items()
+            if (low := name.lower()) not in drop and not low.startswith(IDENTITY_PREFIX)
+        ]
+        peer = _peer_ip(request)
+        forwarded_for = peer
+        proto = "https" if request.secure else "http"
+        host = raw.get("Host", "")
+        if self.trusted and peer and _trusted(peer, self.trusted):
+            prior = ", ".join(raw.getall("X-Forwarded-For", []))
+            if prior:
+                forwarded_for = f"{prior}, {peer}"
+            proto = raw.get("X-Forwarded-Proto", proto)
+            host = raw.get("X-Forwarded-Host", host)
+        out.append(("X-Forwarded-For", forwarded_for or ""))
+        out.append(("X-Forwarded-Proto", proto))
+        if host:
+            out.append(("X-Forwarded-Host", host))
+        out.append(("X-Request-Id", request_id))
+        out.append(("X-Gateway-Token-Id", token.id))
+        out.append(("X-Gateway-Token-Name", token.name))
+        if token.company:
+            out.append(("X-Gateway-Company", token.company))
+        return out
+
+    async def _relay(
+        self, request: web.BaseRequest, upstream: UpstreamResponse, entry: dict[str, Any], started: float
+    ) -> web.StreamResponse:
+        entry["upstream_ms"] = round((time.perf_counter() - started) * 1000, 3)
+        entry["status"] = upstream.status
+        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        out = response.headers
+        for name, value in upstream.headers:
+            if name.lower() not in RESPONSE_DROP:
+                out.add(name, value)
+        out["X-Request-Id"] = entry["request_id"]
+        sent = 0
+        try:
+            await response.prepare(request)
+            if upstream.has_body() and request.method != "HEAD":
+                async for chunk in upstream:
+                    sent += len(chunk)
+                    await response.write(chunk)
+            await response.write_eof()
+        except (UpstreamError, TimeoutError):
+            # Headers are gone already: all we can do is cut the client off so it sees a truncated response.
+            entry["outcome"] = "upstream_error"
+            _abort(request)
+        except (ConnectionError, RuntimeError):
+            pass  # the client went away mid-response; the record keeps the status and the bytes it got
+        finally:
+            entry["bytes_out"] = sent
+        return response
+
+
+def _abort(request: web.BaseRequest) -> None:
+    transport = request.transport
+    if transport is not None:
+        transport.abort()
+
+
+def _content_length(request: web.BaseRequest) -> int | None:
+    value = request.headers.get("Content-Length")
+    if value is None:
+        return None
+    if not value.isdigit():
+        raise MalformedRequest("bad Content-Length")
+    return int(value)
+
+
+def _peer_ip(request: web.BaseRequest) -> str | None:
+    transport = request.transport
+    if transport is None:
+        return None
+    peer = transport.get_extra_info("peername")
+    return peer[0] if peer else None
+
+
+def _trusted(peer: str, networks: tuple) -> bool:
+    try:
+        address = ipaddress.ip_address(peer)
+    except ValueError:
+        return False
+    return any(address in net for net in networks)
+
+
+def find_redacted(spec: Any, query: str) -> str:
+    from gateway.credentials import redact_query
+
+    return redact_query(spec, query)

@@ -1,0 +1,313 @@
+"""Processes: one worker (store, cache, upstream pool, access log, listener), or a master forking N of them.
+
+Workers share the port through SO_REUSEPORT. SIGTERM stops accepting, lets in-flight requests finish, drains the
+access log and exits 0; SIGHUP reloads routes and re-seeds tokens without dropping connections; SIGUSR1 reopens
+the access-log file (for external rotation).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import uvloop
+from aiohttp import web
+
+from gateway import config as config_mod
+from gateway.accesslog import AccessLog
+from gateway.cache import TokenCache
+from gateway.config import Config, ConfigError
+from gateway.proxy import Gateway
+from gateway.store import Store, StoreConflict
+from gateway.upstream import UpstreamPool
+
+log = logging.getLogger("gateway.server")
+
+CHANGE_POLL = 0.25  # seconds between change-feed polls: a revoke reaches every worker well within 1 s
+CHANGES_KEPT = 3600.0
+
+
+class StartupError(Exception):
+    """The gateway cannot start (port taken, store unreadable); exit code 1."""
+
+
+def listen_socket(host: str, port: int, *, reuse_port: bool, backlog: int = 2048) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        sock.listen(backlog)
+    except OSError as e:
+        sock.close()
+        raise StartupError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+    sock.setblocking(False)
+    return sock
+
+
+async def seed(config: Config) -> dict[str, int]:
+    """Apply the config's [[tokens]] to the store; a failure leaves the store as it was (one transaction)."""
+    store = await Store.open(config.store.database, config.store.busy_timeout)
+    try:
+        return await store.seed(config.tokens)
+    finally:
+        await store.close()
+
+
+class Worker:
+    """One process's gateway. Also what tests start in-process, on port 0, with an injected clock."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        sock: socket.socket | None = None,
+        admin: bool = True,
+        seeds: bool = True,
+        clock: Callable[[], float] = time.time,
+        worker_id: int = 0,
+    ) -> None:
+        self.config = config
+        self._sock = sock
+        self._serve_admin = admin
+        self._seeds = seeds  # single-process mode seeds itself; under a master, the master does
+        self.clock = clock
+        self.worker_id = worker_id
+        self.stopped = asyncio.Event()
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._runner: web.ServerRunner | None = None
+        self._admin_runner: web.ServerRunner | None = None
+        self.port = 0
+        self.admin_port = 0
+
+    async def start(self) -> None:
+        cfg = self.config
+        try:
+            self.store = await Store.open(cfg.store.database, cfg.store.busy_timeout)
+        except Exception as e:
+            raise StartupError(f"cannot open the store {cfg.store.database}: {e}") from None
+        if self._seeds:
+            try:
+                await self.store.seed(cfg.tokens)
+            except StoreConflict as e:
+                await self.store.close()
+                raise ConfigError(f"tokens: {e}") from None
+        self.cache = TokenCache(
+            self.store,
+            size=cfg.cache.size,
+            ttl=cfg.cache.ttl,
+            negative_size=cfg.cache.negative_size,
+            negative_ttl=cfg.cache.negative_ttl,
+        )
+        self._tasks.append(await self.cache.start_following(CHANGE_POLL))
+        self.log_store = await Store.open(cfg.store.database, cfg.store.busy_timeout)
+        self.access_log = AccessLog(cfg.access_log, self.log_store)
+        await self.access_log.start()
+        self.upstream = UpstreamPool(
+            cfg.upstream.url,
+            connect_timeout=cfg.upstream.connect_timeout,
+            read_timeout=cfg.upstream.timeout,
+            max_connections=cfg.upstream.max_connections,
+            pool_timeout=cfg.upstream.pool_timeout,
+        )
+        self.gateway = Gateway(
+            cfg, cache=self.cache, upstream=self.upstream, access_log=self.access_log, clock=self.clock
+        )
+        server = web.Server(
+            self.gateway.handle,
+            handler_cancellation=False,
+            auto_decompress=False,  # the gateway decides what to do with encoded bodies; see proxy._read_body
+            access_log=None,
+            keepalive_timeout=cfg.server.keepalive_timeout,
+            max_line_size=cfg.server.max_url,
+            max_field_size=cfg.server.max_header_size,
+            max_headers=cfg.server.max_headers,
+        )
+        self._runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=cfg.server.shutdown_grace)
+        await self._runner.setup()
+        sock = self._sock or listen_socket(cfg.server.listen.host, cfg.server.listen.port, reuse_port=False)
+        site = web.SockSite(self._runner, sock)
+        await site.start()
+        self.port = sock.getsockname()[1]
+        if self._serve_admin:
+            await self._start_admin()
+        self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
+
+    async def _start_admin(self) -> None:
+        from gateway.admin import admin_handler
+
+        listen = self.config.admin.listen
+        self._admin_runner = web.ServerRunner(web.Server(admin_handler(self), access_log=None), handle_signals=False)
+        await self._admin_runner.setup()
+        sock = listen_socket(listen.host, listen.port, reuse_port=False)
+        await web.SockSite(self._admin_runner, sock).start()
+        self.admin_port = sock.getsockname()[1]
+
+    async def _housekeeping(self) -> None:
+        while True:
+            await asyncio.sleep(60)
+            with contextlib.suppress(Exception):
+                await self.store.prune_changes(time.time() - CHANGES_KEPT)
+
+    async def reload(self) -> None:
+        """SIGHUP: re-read the config file; a broken file leaves everything as it was."""
+        source = self.config.source
+        try:
+            new = config_mod.load(source)
+            if self._seeds:
+                await self.store.seed(new.tokens)
+        except (ConfigError, StoreConflict) as e:
+            log.error("reload refused, keeping the running configuration: %s", e)
+            return
+        self.config = new
+        self.gateway.apply(new)
+        log.info("configuration reloaded from %s", source)
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            # Stops listening, lets in-flight requests finish (up to shutdown_grace), closes idle connections.
+            await self._runner.cleanup()
+            self._runner = None
+        if self._admin_runner is not None:
+            await self._admin_runner.cleanup()
+            self._admin_runner = None
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        await self.access_log.close()
+        await self.upstream.close()
+        await self.store.close()
+        await self.log_store.close()
+        self.stopped.set()
+
+
+async def _run_worker(config: Config, **kwargs: Any) -> None:
+    loop = asyncio.get_running_loop()
+    worker = Worker(config, **kwargs)
+    await worker.start()
+    stop = asyncio.Event()
+    reloads: set[asyncio.Task[None]] = set()
+
+    def on_hup() -> None:
+        task = asyncio.ensure_future(worker.reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    loop.add_signal_handler(signal.SIGUSR1, worker.access_log.reopen)
+    log.info("worker %d serving on %s (pid %d)", worker.worker_id, config.server.listen, os.getpid())
+    await stop.wait()
+    log.info("worker %d stopping", worker.worker_id)
+    await worker.stop()
+
+
+def run_worker(config: Config, **kwargs: Any) -> None:
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(_run_worker(config, **kwargs))
+
+
+def serve(config: Config) -> int:
+    """`gateway serve`: one process, or a master that forks and supervises N workers."""
+    workers = config.server.workers or os.cpu_count() or 1
+    if workers == 1:
+        run_worker(config)
+        return 0
+    return Master(config, workers).run()
+
+
+class Master:
+    """Forks workers, forwards signals to them, re-seeds on SIGHUP, and replaces a worker that dies."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGCHLD)
+
+    def __init__(self, config: Config, workers: int) -> None:
+        self.config = config
+        self.count = workers
+        self.children: dict[int, int] = {}  # pid -> worker id
+        self.stopping = False
+
+    def run(self) -> int:
+        asyncio.run(seed(self.config))
+        # Checked here so that a taken port is one clear error, not N dying workers.
+        listen_socket(self.config.server.listen.host, self.config.server.listen.port, reuse_port=True).close()
+        signal.pthread_sigmask(signal.SIG_BLOCK, self.SIGNALS)
+        for worker_id in range(self.count):
+            self._spawn(worker_id)
+        while self.children:
+            info = signal.sigtimedwait(self.SIGNALS, 1.0)
+            if info is None:
+                self._reap()
+                continue
+            sig = info.si_signo
+            if sig in (signal.SIGTERM, signal.SIGINT):
+                self.stopping = True
+                self._signal_all(signal.SIGTERM)
+            elif sig == signal.SIGHUP:
+                self._reload()
+            elif sig == signal.SIGUSR1:
+                self._signal_all(signal.SIGUSR1)
+            self._reap()
+        return 0
+
+    def _spawn(self, worker_id: int) -> None:
+        pid = os.fork()
+        if pid:
+            self.children[pid] = worker_id
+            return
+        code = 0
+        try:
+            signal.pthread_sigmask(signal.SIG_SETMASK, [])
+            sock = listen_socket(self.config.server.listen.host, self.config.server.listen.port, reuse_port=True)
+            run_worker(self.config, sock=sock, admin=worker_id == 0, seeds=False, worker_id=worker_id)
+        except BaseException as e:  # noqa: BLE001 - a worker must never return into the master's loop
+            print(f"gateway: worker {worker_id} failed: {e}", file=sys.stderr)
+            code = 1
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+
+    def _signal_all(self, sig: int) -> None:
+        for pid in list(self.children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+
+    def _reap(self) -> None:
+        while self.children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                self.children.clear()
+                return
+            if pid == 0:
+                return
+            worker_id = self.children.pop(pid, None)
+            if worker_id is not None and not self.stopping:
+                log.error("worker %d (pid %d) died with status %d; starting a new one", worker_id, pid, status)
+                time.sleep(0.1)
+                self._spawn(worker_id)
+
+    def _reload(self) -> None:
+        try:
+            new = config_mod.load(self.config.source)
+            asyncio.run(seed(new))
+        except (ConfigError, StoreConflict) as e:
+            log.error("reload refused, keeping the running configuration: %s", e)
+            return
+        self.config = new
+        self._signal_all(signal.SIGHUP)

@@ -1,0 +1,590 @@
+"""The token store: SQLite through aiosqlite, WAL mode, versioned schema with migrations.
+
+Secrets never reach it: tokens are found by the SHA-256 digest of their secret. Every change to a token appends
+rows to `token_changes`, which running workers poll to evict exactly the cache entries that changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import secrets
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import orjson
+
+from gateway.config import Quota, Rate, TokenSeed, parse_quota, parse_rate
+
+SECRET_PREFIX = "gwt_"  # recognisable by secret scanners, like GitHub's "ghp_"
+
+
+class StoreUnavailable(Exception):
+    """The store cannot answer; the gateway fails closed (503)."""
+
+
+class StoreConflict(Exception):
+    """A write would break a rule of the store (a duplicate name or secret, a missing token)."""
+
+
+def new_secret() -> str:
+    """256 bits of randomness behind a recognisable prefix."""
+    return SECRET_PREFIX + base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=").decode()
+
+
+def digest_of(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode()).digest()
+
+
+def new_token_id() -> str:
+    return "tok_" + uuid.uuid4().hex[:20]
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRecord:
+    id: str
+    name: str
+    type: str
+    company: str | None
+    permissions: frozenset[str]
+    not_before: float | None
+    expires: float | None
+    revoked_at: float | None
+    created_at: float
+    rate_limit: Rate | None = None
+    quota: Quota | None = None
+    concurrency: int | None = None
+    source: str = "cli"
+    # Set when the record was found through a rotated-out secret: that secret stops working at this time.
+    secret_expires: float | None = None
+    last_used_at: float | None = None
+    updated_at: float | None = None
+
+    def status(self, now: float) -> str:
+        if self.revoked_at is not None:
+            return "revoked"
+        if self.expires is not None and now >= self.expires:
+            return "expired"
+        if self.not_before is not None and now < self.not_before:
+            return "not_yet_active"
+        return "active"
+
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: tokens, their change feed, and the access log
+    """
+    CREATE TABLE tokens (
+        id              TEXT PRIMARY KEY,
+        name            TEXT NOT NULL UNIQUE,
+        type            TEXT NOT NULL,
+        company         TEXT,
+        digest          BLOB NOT NULL UNIQUE,
+        previous_digest BLOB UNIQUE,
+        previous_until  REAL,
+        permissions     TEXT NOT NULL,
+        not_before      REAL,
+        expires         REAL,
+        revoked_at      REAL,
+        revoked_by      TEXT,
+        created_at      REAL NOT NULL,
+        updated_at      REAL NOT NULL,
+        rate_limit      TEXT,
+        quota           TEXT,
+        concurrency     INTEGER,
+        source          TEXT NOT NULL,
+        last_used_at    REAL
+    );
+    CREATE INDEX tokens_created ON tokens(created_at, id);
+    CREATE TABLE token_changes (
+        seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+        token_id   TEXT NOT NULL,
+        digest     BLOB,
+        changed_at REAL NOT NULL
+    );
+    CREATE TABLE request_log (
+        id          INTEGER PRIMARY KEY,
+        ts          TEXT NOT NULL,
+        request_id  TEXT NOT NULL,
+        client_ip   TEXT,
+        method      TEXT,
+        path        TEXT,
+        query       TEXT,
+        route       TEXT,
+        permission  TEXT,
+        token_id    TEXT,
+        token_name  TEXT,
+        outcome     TEXT NOT NULL,
+        status      INTEGER NOT NULL,
+        duration_ms REAL,
+        upstream_ms REAL,
+        bytes_in    INTEGER,
+        bytes_out   INTEGER
+    );
+    CREATE INDEX request_log_ts ON request_log(ts);
+    CREATE INDEX request_log_token ON request_log(token_name, ts);
+    """,
+)
+
+_TOKEN_COLUMNS = (
+    "id, name, type, company, permissions, not_before, expires, revoked_at, created_at, rate_limit, quota, "
+    "concurrency, source, last_used_at, updated_at"
+)
+
+LOG_FIELDS = (
+    "ts",
+    "request_id",
+    "client_ip",
+    "method",
+    "path",
+    "query",
+    "route",
+    "permission",
+    "token_id",
+    "token_name",
+    "outcome",
+    "status",
+    "duration_ms",
+    "upstream_ms",
+    "bytes_in",
+    "bytes_out",
+)
+
+
+def _record(row: Sequence[Any], secret_expires: float | None = None) -> TokenRecord:
+    return TokenRecord(
+        id=row[0],
+        name=row[1],
+        type=row[2],
+        company=row[3],
+        permissions=frozenset(orjson.loads(row[4])),
+        not_before=row[5],
+        expires=row[6],
+        revoked_at=row[7],
+        created_at=row[8],
+        rate_limit=parse_rate(row[9]) if row[9] else None,
+        quota=parse_quota(row[10]) if row[10] else None,
+        concurrency=row[11],
+        source=row[12],
+        last_used_at=row[13],
+        updated_at=row[14],
+        secret_expires=secret_expires,
+    )
+
+
+class Store:
+    """One aiosqlite connection (one thread); every method is a short transaction."""
+
+    def __init__(self, path: Path, busy_timeout: float = 2.0) -> None:
+        self.path = Path(path)
+        self.busy_timeout = busy_timeout
+        self._db: aiosqlite.Connection | None = None
+        self._lock = asyncio.Lock()
+
+    # --- lifecycle ---------------------------------------------------------------------------------------------
+
+    @classmethod
+    async def open(cls, path: Path, busy_timeout: float = 2.0) -> Store:
+        store = cls(path, busy_timeout)
+        await store._connect()
+        return store
+
+    async def _connect(self) -> aiosqlite.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = await aiosqlite.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
+        try:
+            await db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+            await db.execute("PRAGMA journal_mode = WAL")
+            await db.execute("PRAGMA synchronous = NORMAL")
+            await db.execute("PRAGMA foreign_keys = ON")
+            await self._migrate(db)
+        except BaseException:
+            await db.close()
+            raise
+        self._db = db
+        return db
+
+    @staticmethod
+    async def _migrate(db: aiosqlite.Connection) -> None:
+        async with db.execute("PRAGMA user_version") as cur:
+            (version,) = await cur.fetchone()
+        if version >= len(MIGRATIONS):
+            return
+        # IMMEDIATE takes the write lock, so workers starting together migrate once, one after the other.
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            async with db.execute("PRAGMA user_version") as cur:
+                (version,) = await cur.fetchone()
+            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+                for statement in filter(str.strip, script.split(";")):
+                    await db.execute(statement)
+                await db.execute(f"PRAGMA user_version = {number}")
+            await db.execute("COMMIT")
+        except BaseException:
+            await db.execute("ROLLBACK")
+            raise
+
+    async def close(self) -> None:
+        if self._db is not None:
+            db, self._db = self._db, None
+            await db.close()
+
+    async def _conn(self) -> aiosqlite.Connection:
+        if self._db is None:
+            await self._connect()
+        assert self._db is not None
+        return self._db
+
+    async def _broken(self) -> None:
+        """Drop a connection that failed, so the next call reconnects (the store may have come back)."""
+        db, self._db = self._db, None
+        if db is not None:
+            try:
+                await db.close()
+            except Exception:  # noqa: BLE001 - it is already broken; closing is best effort
+                pass
+
+    # --- the hot path's one query ------------------------------------------------------------------------------
+
+    async def lookup(self, digest: bytes) -> TokenRecord | None:
+        """The token whose current (or, within its grace, previous) secret has this digest."""
+        try:
+            db = await self._conn()
+            async with db.execute(
+                f"SELECT {_TOKEN_COLUMNS}, digest = ?1, previous_until FROM tokens "
+                "WHERE digest = ?1 OR previous_digest = ?1",
+                (digest,),
+            ) as cur:
+                row = await cur.fetchone()
+        except (sqlite3.Error, OSError, ValueError) as e:
+            await self._broken()
+            raise StoreUnavailable(str(e)) from e
+        if row is None:
+            return None
+        current, previous_until = row[-2], row[-1]
+        return _record(row, None if current else (previous_until or 0.0))
+
+    # --- change feed -------------------------------------------------------------------------------------------
+
+    async def change_seq(self) -> int:
+        db = await self._conn()
+        async with db.execute("SELECT COALESCE(MAX(seq), 0) FROM token_changes") as cur:
+            (seq,) = await cur.fetchone()
+        return seq
+
+    async def changes_since(self, seq: int) -> tuple[int, list[bytes], bool]:
+        """(newest seq, digests to evict, whether the feed was pruned past `seq` so everything must go)."""
+        db = await self._conn()
+        async with db.execute(
+            "SELECT seq, digest FROM token_changes WHERE seq > ? ORDER BY seq", (seq,)
+        ) as cur:
+            rows = await cur.fetchall()
+        if not rows:
+            return seq, [], False
+        gap = rows[0][0] > seq + 1
+        return rows[-1][0], [d for _, d in rows if d is not None], gap
+
+    async def _changed(self, db: aiosqlite.Connection, token_id: str, digests: Iterable[bytes | None]) -> None:
+        now = time.time()
+        await db.executemany(
+            "INSERT INTO token_changes (token_id, digest, changed_at) VALUES (?, ?, ?)",
+            [(token_id, d, now) for d in digests if d is not None] or [(token_id, None, now)],
+        )
+
+    async def prune_changes(self, older_than: float) -> None:
+        db = await self._conn()
+        await db.execute("DELETE FROM token_changes WHERE changed_at < ?", (older_than,))
+
+    # --- administration ----------------------------------------------------------------------------------------
+
+    async def _write(self, fn: Any) -> Any:
+        """Run `fn(db)` in one IMMEDIATE transaction, rolled back on any error."""
+        async with self._lock:
+            db = await self._conn()
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                result = await fn(db)
+            except BaseException:
+                await db.execute("ROLLBACK")
+                raise
+            await db.execute("COMMIT")
+            return result
+
+    async def create_token(
+        self,
+        *,
+        name: str,
+        digest: bytes,
+        type_: str = "developer",
+        company: str | None = None,
+        permissions: Iterable[str],
+        not_before: float | None = None,
+        expires: float | None = None,
+        rate_limit: Rate | None = None,
+        quota: Quota | None = None,
+        concurrency: int | None = None,
+        source: str = "cli",
+        now: float | None = None,
+    ) -> TokenRecord:
+        now = time.time() if now is None else now
+        token_id = new_token_id()
+
+        async def write(db: aiosqlite.Connection) -> None:
+            try:
+                await db.execute(
+                    "INSERT INTO tokens (id, name, type, company, digest, permissions, not_before, expires, "
+                    "created_at, updated_at, rate_limit, quota, concurrency, source) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        token_id,
+                        name,
+                        type_,
+                        company,
+                        digest,
+                        orjson.dumps(sorted(set(permissions))).decode(),
+                        not_before,
+                        expires,
+                        now,
+                        now,
+                        rate_limit.text if rate_limit else None,
+                        quota.text if quota else None,
+                        concurrency,
+                        source,
+                    ),
+                )
+            except sqlite3.IntegrityError as e:
+                raise StoreConflict(_conflict_message(str(e), name)) from None
+            await self._changed(db, token_id, [digest])
+
+        await self._write(write)
+        record = await self.get(token_id)
+        assert record is not None
+        return record
+
+    async def get(self, name_or_id: str) -> TokenRecord | None:
+        db = await self._conn()
+        async with db.execute(
+            f"SELECT {_TOKEN_COLUMNS} FROM tokens WHERE id = ?1 OR name = ?1 ORDER BY id = ?1 DESC LIMIT 1",
+            (name_or_id,),
+        ) as cur:
+            row = await cur.fetchone()
+        return _record(row) if row else None
+
+    async def list_tokens(self, *, offset: int = 0, limit: int | None = None) -> list[TokenRecord]:
+        db = await self._conn()
+        async with db.execute(
+            f"SELECT {_TOKEN_COLUMNS} FROM tokens ORDER BY created_at, id LIMIT ? OFFSET ?",
+            (-1 if limit is None else limit, offset),
+        ) as cur:
+            return [_record(row) for row in await cur.fetchall()]
+
+    async def update_token(self, token_id: str, **fields: Any) -> TokenRecord:
+        """Change name, permissions, not_before, expires, rate_limit, quota, concurrency, revoked_at."""
+        allowed = {
+            "name",
+            "permissions",
+            "not_before",
+            "expires",
+            "rate_limit",
+            "quota",
+            "concurrency",
+            "revoked_at",
+            "revoked_by",
+        }
+        unknown = set(fields) - allowed
+        if unknown:
+            raise ValueError(f"cannot change {', '.join(sorted(unknown))}")
+        values = dict(fields)
+        if "permissions" in values:
+            values["permissions"] = orjson.dumps(sorted(set(values["permissions"]))).decode()
+        for k in ("rate_limit", "quota"):
+            if k in values and values[k] is not None:
+                values[k] = values[k].text
+        values["updated_at"] = time.time()
+
+        async def write(db: aiosqlite.Connection) -> None:
+            digests = await self._digests(db, token_id)
+            sets = ", ".join(f"{k} = ?" for k in values)
+            try:
+                cur = await db.execute(f"UPDATE tokens SET {sets} WHERE id = ?", (*values.values(), token_id))
+            except sqlite3.IntegrityError as e:
+                raise StoreConflict(_conflict_message(str(e), fields.get("name", ""))) from None
+            if cur.rowcount == 0:
+                raise StoreConflict(f"no token with id {token_id}")
+            await self._changed(db, token_id, digests)
+
+        await self._write(write)
+        record = await self.get(token_id)
+        assert record is not None
+        return record
+
+    async def rotate_token(self, token_id: str, new_digest: bytes, grace_until: float | None) -> TokenRecord:
+        """Give the token a new secret; the old one keeps working until `grace_until` (None: not at all)."""
+
+        async def write(db: aiosqlite.Connection) -> None:
+            digests = await self._digests(db, token_id)
+            if not digests:
+                raise StoreConflict(f"no token with id {token_id}")
+            try:
+                await db.execute(
+                    "UPDATE tokens SET previous_digest = CASE WHEN ?2 IS NULL THEN NULL ELSE digest END, "
+                    "previous_until = ?2, digest = ?3, updated_at = ?4 WHERE id = ?1",
+                    (token_id, grace_until, new_digest, time.time()),
+                )
+            except sqlite3.IntegrityError:
+                raise StoreConflict("that secret is already used by another token") from None
+            await self._changed(db, token_id, [*digests, new_digest])
+
+        await self._write(write)
+        record = await self.get(token_id)
+        assert record is not None
+        return record
+
+    async def delete_token(self, token_id: str) -> None:
+        async def write(db: aiosqlite.Connection) -> None:
+            digests = await self._digests(db, token_id)
+            cur = await db.execute("DELETE FROM tokens WHERE id = ?", (token_id,))
+            if cur.rowcount == 0:
+                raise StoreConflict(f"no token with id {token_id}")
+            await self._changed(db, token_id, digests)
+
+        await self._write(write)
+
+    @staticmethod
+    async def _digests(db: aiosqlite.Connection, token_id: str) -> list[bytes]:
+        async with db.execute("SELECT digest, previous_digest FROM tokens WHERE id = ?", (token_id,)) as cur:
+            row = await cur.fetchone()
+        return [d for d in (row or ()) if d is not None]
+
+    async def record_last_used(self, used: dict[str, float]) -> None:
+        """Batched last-use times (token id -> time); never one write per request."""
+        if not used:
+            return
+
+        async def write(db: aiosqlite.Connection) -> None:
+            await db.executemany(
+                "UPDATE tokens SET last_used_at = MAX(COALESCE(last_used_at, 0), ?) WHERE id = ?",
+                [(t, token_id) for token_id, t in used.items()],
+            )
+
+        await self._write(write)
+
+    # --- seeding -----------------------------------------------------------------------------------------------
+
+    async def seed(self, seeds: Sequence[TokenSeed], now: float | None = None) -> dict[str, int]:
+        """Make the seeded tokens exactly what the config declares, in one transaction (all or nothing)."""
+        now = time.time() if now is None else now
+        counts = {"created": 0, "updated": 0, "revoked": 0, "unchanged": 0}
+
+        async def write(db: aiosqlite.Connection) -> None:
+            async with db.execute(
+                "SELECT id, name, source, type, company, digest, permissions, not_before, expires, rate_limit, "
+                "quota, concurrency, revoked_at, revoked_by FROM tokens"
+            ) as cur:
+                existing = {row[1]: row for row in await cur.fetchall()}
+            declared = set()
+            for seed in seeds:
+                declared.add(seed.name)
+                wanted = (
+                    seed.type,
+                    seed.company,
+                    seed.digest,
+                    orjson.dumps(sorted(set(seed.permissions))).decode(),
+                    seed.not_before,
+                    seed.expires,
+                    seed.rate_limit.text if seed.rate_limit else None,
+                    seed.quota.text if seed.quota else None,
+                    seed.concurrency,
+                )
+                row = existing.get(seed.name)
+                if row is None:
+                    token_id = new_token_id()
+                    try:
+                        await db.execute(
+                            "INSERT INTO tokens (id, name, type, company, digest, permissions, not_before, "
+                            "expires, rate_limit, quota, concurrency, created_at, updated_at, source) "
+                            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'seed')",
+                            (token_id, seed.name, *wanted, now, now),
+                        )
+                    except sqlite3.IntegrityError as e:
+                        raise StoreConflict(_conflict_message(str(e), seed.name)) from None
+                    await self._changed(db, token_id, [seed.digest])
+                    counts["created"] += 1
+                    continue
+                if row[2] != "seed":
+                    raise StoreConflict(
+                        f"token name {seed.name!r} belongs to a token made with the CLI; rename one of them"
+                    )
+                # A revocation by an admin sticks; one made by seeding is undone when the token is declared again.
+                unrevoke = row[12] is not None and row[13] == "seed"
+                if tuple(row[3:12]) == wanted and not unrevoke:
+                    counts["unchanged"] += 1
+                    continue
+                try:
+                    await db.execute(
+                        "UPDATE tokens SET type = ?, company = ?, digest = ?, permissions = ?, not_before = ?, "
+                        "expires = ?, rate_limit = ?, quota = ?, concurrency = ?, updated_at = ?, "
+                        "revoked_at = CASE WHEN revoked_by = 'seed' THEN NULL ELSE revoked_at END, "
+                        "revoked_by = CASE WHEN revoked_by = 'seed' THEN NULL ELSE revoked_by END, "
+                        "previous_digest = CASE WHEN digest = ?3 THEN previous_digest ELSE NULL END "
+                        "WHERE id = ?",
+                        (*wanted, now, row[0]),
+                    )
+                except sqlite3.IntegrityError as e:
+                    raise StoreConflict(_conflict_message(str(e), seed.name)) from None
+                await self._changed(db, row[0], [row[5], seed.digest])
+                counts["updated"] += 1
+            for name, row in existing.items():
+                if row[2] == "seed" and name not in declared and row[12] is None:
+                    await db.execute(
+                        "UPDATE tokens SET revoked_at = ?, revoked_by = 'seed', updated_at = ? WHERE id = ?",
+                        (now, now, row[0]),
+                    )
+                    await self._changed(db, row[0], [row[5]])
+                    counts["revoked"] += 1
+
+        await self._write(write)
+        return counts
+
+    # --- access log --------------------------------------------------------------------------------------------
+
+    async def insert_log(self, records: Sequence[dict[str, Any]]) -> None:
+        async def write(db: aiosqlite.Connection) -> None:
+            await db.executemany(
+                f"INSERT INTO request_log ({', '.join(LOG_FIELDS)}) VALUES ({', '.join('?' * len(LOG_FIELDS))})",
+                [tuple(r.get(f) for f in LOG_FIELDS) for r in records],
+            )
+
+        await self._write(write)
+
+
+    async def prune_log(self, before_ts: str, batch: int = 1000) -> int:
+        """Delete records older than `before_ts` in small transactions, so writers are never blocked for long."""
+        total = 0
+        while True:
+            async def write(db: aiosqlite.Connection) -> int:
+                cur = await db.execute(
+                    "DELETE FROM request_log WHERE id IN (SELECT id FROM request_log WHERE ts < ? LIMIT ?)",
+                    (before_ts, batch),
+                )
+                return cur.rowcount
+
+            n = await self._write(write)
+            total += n
+            if n < batch:
+                return total
+            await asyncio.sleep(0.05)
+
+
+def _conflict_message(error: str, name: str) -> str:
+    if "tokens.name" in error:
+        return f"a token named {name!r} already exists; choose another name"
+    if "digest" in error:
+        return "that secret is already used by another token"
+    return error
