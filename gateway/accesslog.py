@@ -112,7 +112,9 @@ class AccessLog:
     def __init__(self, config: AccessLogConfig, store: Store | None) -> None:
         self.config = config
         self.store = store
-        self.file: LogFile = StdoutFile() if config.path == "-" else LogFile(Path(config.path), config.rotate, config.keep)
+        self.file: LogFile = (
+            StdoutFile() if config.path == "-" else LogFile(Path(config.path), config.rotate, config.keep)
+        )
         self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(config.queue)
         self._pending_file: list[bytes] = []
         self._pending_store: list[dict[str, Any]] = []
@@ -207,7 +209,12 @@ class AccessLog:
             self.file.write(data)
         except OSError as e:
             self.write_failures += len(self._pending_file)
-            log.warning("access log: cannot write %d records to %s (%s); retrying", len(self._pending_file), self.file.path, e)
+            log.warning(
+                "access log: cannot write %d records to %s (%s); retrying",
+                len(self._pending_file),
+                self.file.path,
+                e,
+            )
             return False
         self.written_file += len(self._pending_file)
         self._pending_file.clear()
@@ -216,10 +223,10 @@ class AccessLog:
     async def _flush_store(self) -> bool:
         if not self._pending_store or self.store is None:
             return True
-        batch = self._pending_store[:BATCH * 4]
+        batch = self._pending_store[: BATCH * 4]
         try:
             await self.store.insert_log(batch)
-        except Exception as e:  # noqa: BLE001 - any store failure: keep the records and retry
+        except Exception as e:
             self.write_failures += len(batch)
             log.warning("access log: cannot insert %d records into the store (%s); retrying", len(batch), e)
             return False
@@ -232,6 +239,6 @@ class AccessLog:
         while True:
             try:
                 await self.store.prune_log(iso(time.time() - self.config.retain), PRUNE_BATCH)
-            except Exception as e:  # noqa: BLE001 - pruning is housekeeping; try again next time
+            except Exception as e:
                 log.warning("access log: pruning old records failed: %s", e)
             await asyncio.sleep(PRUNE_EVERY)

@@ -20,12 +20,14 @@ def admin_handler(worker: Worker) -> Callable[[web.BaseRequest], Awaitable[web.S
             return await health()
         if request.path == "/metrics":
             return web.Response(text=metrics(worker), content_type="text/plain")
-        return web.Response(status=404, body=b'{"success": false, "error": "Not found"}', content_type="application/json")
+        return web.Response(
+            status=404, body=b'{"success": false, "error": "Not found"}', content_type="application/json"
+        )
 
     async def health() -> web.Response:
         try:
             await worker.store.change_seq()
-        except (StoreUnavailable, Exception) as e:  # noqa: BLE001 - any failure means unhealthy
+        except (StoreUnavailable, Exception) as e:
             body = orjson.dumps({"status": "unavailable", "store": str(e)})
             return web.Response(status=503, body=body, content_type="application/json")
         return web.Response(body=b'{"status": "ok"}', content_type="application/json")

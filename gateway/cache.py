@@ -97,7 +97,7 @@ class TokenCache:
             await asyncio.sleep(interval)
             try:
                 await self.poll_changes()
-            except (StoreUnavailable, Exception) as e:  # noqa: BLE001 - keep following; entries still expire by TTL
+            except (StoreUnavailable, Exception) as e:
                 log.warning("cannot read the token change feed: %s", e)
 
     async def poll_changes(self) -> None:

@@ -103,7 +103,11 @@ def main(argv: list[str] | None = None) -> None:
         cli.main(args=argv, prog_name="gateway", standalone_mode=False)
     except click.UsageError as e:
         # One line, naming the bad key or argument; click's own output spans several.
-        hint = f" (see 'gateway {e.ctx.command_path.partition(' ')[2]} --help')" if e.ctx and e.ctx.parent else ""
+        hint = (
+            f" (see 'gateway {e.ctx.command_path.partition(' ')[2]} --help')"
+            if e.ctx and e.ctx.parent
+            else ""
+        )
         click.echo(f"gateway: error: {e.format_message()}{hint}", err=True)
         sys.exit(2)
     except click.ClickException as e:

@@ -22,6 +22,20 @@ from gateway.credentials import CredentialSpec
 
 DEFAULT_PATH = "config/gateway.toml"
 TOKEN_TYPES = ("developer", "connector", "internal", "external")
+TOKEN_KEYS = (
+    "name",
+    "secret_env",
+    "secret_sha256",
+    "secret",
+    "type",
+    "company",
+    "permissions",
+    "not_before",
+    "expires",
+    "rate_limit",
+    "quota",
+    "concurrency",
+)
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
 
 
@@ -158,7 +172,7 @@ class Config:
     limits: LimitsConfig = LimitsConfig()
     token_types: dict[str, frozenset[str]] = field(default_factory=dict)
     upstream: UpstreamConfig = UpstreamConfig()
-    credentials: CredentialSpec = CredentialSpec()
+    credentials: CredentialSpec = field(default_factory=CredentialSpec)
     routes: tuple[Route, ...] = ()
     tokens: tuple[TokenSeed, ...] = ()
     source: Path | None = None
@@ -195,12 +209,12 @@ _PERMISSION = re.compile(r"\*|[a-z0-9][a-z0-9_.-]*(:[a-z0-9][a-z0-9_.-]*)?")
 
 def parse_duration(value: Any, key: str = "duration") -> float:
     if isinstance(value, bool):
-        raise ConfigError(f"{key}: expected a duration like \"30s\", \"5m\", \"1h\" or \"7d\", got {value!r}")
+        raise ConfigError(f'{key}: expected a duration like "30s", "5m", "1h" or "7d", got {value!r}')
     if isinstance(value, int | float) and value >= 0:
         return float(value)
     if isinstance(value, str) and (m := _DURATION.fullmatch(value.strip())):
         return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
-    raise ConfigError(f"{key}: expected a duration like \"30s\", \"5m\", \"1h\" or \"7d\", got {value!r}")
+    raise ConfigError(f'{key}: expected a duration like "30s", "5m", "1h" or "7d", got {value!r}')
 
 
 def parse_size(value: Any, key: str = "size") -> int:
@@ -208,19 +222,19 @@ def parse_size(value: Any, key: str = "size") -> int:
         return value
     if isinstance(value, str) and (m := _SIZE.fullmatch(value.strip())):
         return int(m.group(1)) * _SIZE_UNITS[(m.group(2) or "B").upper()]
-    raise ConfigError(f"{key}: expected a size like \"10MB\", \"512KB\" or a number of bytes, got {value!r}")
+    raise ConfigError(f'{key}: expected a size like "10MB", "512KB" or a number of bytes, got {value!r}')
 
 
 def parse_rate(value: Any, key: str = "rate_limit") -> Rate:
     if isinstance(value, str) and (m := _RATE.fullmatch(value.strip())) and int(m.group(1)) > 0:
         return Rate(int(m.group(1)), _RATE_UNITS[m.group(2)], f"{int(m.group(1))}/{m.group(2)}")
-    raise ConfigError(f"{key}: expected a rate like \"600/minute\" (per second, minute or hour), got {value!r}")
+    raise ConfigError(f'{key}: expected a rate like "600/minute" (per second, minute or hour), got {value!r}')
 
 
 def parse_quota(value: Any, key: str = "quota") -> Quota:
     if isinstance(value, str) and (m := _QUOTA.fullmatch(value.strip())) and int(m.group(1)) > 0:
         return Quota(int(m.group(1)), m.group(2), f"{int(m.group(1))}/{m.group(2)}")
-    raise ConfigError(f"{key}: expected a quota like \"10000/day\" (per day or month), got {value!r}")
+    raise ConfigError(f'{key}: expected a quota like "10000/day" (per day or month), got {value!r}')
 
 
 def parse_listen(value: Any, key: str) -> Listen:
@@ -228,14 +242,14 @@ def parse_listen(value: Any, key: str) -> Listen:
         host, sep, port = value.rpartition(":")
         if sep and port.isdigit() and int(port) < 65536:
             return Listen(host.strip("[]") or "0.0.0.0", int(port))
-    raise ConfigError(f"{key}: expected \"host:port\" such as \"0.0.0.0:8080\", got {value!r}")
+    raise ConfigError(f'{key}: expected "host:port" such as "0.0.0.0:8080", got {value!r}')
 
 
 def parse_permission(value: Any, key: str) -> str:
     if isinstance(value, str) and _PERMISSION.fullmatch(value):
         return value
     raise ConfigError(
-        f"{key}: expected a permission like \"leads\", \"leads:read\" or \"*\" (lowercase section[:action]), got {value!r}"
+        f'{key}: expected a permission like "leads", "leads:read" or "*" (lowercase section[:action]), got {value!r}'
     )
 
 
@@ -243,7 +257,9 @@ def parse_when(value: Any, key: str) -> float:
     """A TOML datetime (with an offset) or date, as a UTC timestamp."""
     if isinstance(value, dt.datetime):
         if value.tzinfo is None:
-            raise ConfigError(f"{key}: the datetime {value.isoformat()} needs a UTC offset, e.g. {value.isoformat()}Z")
+            raise ConfigError(
+                f"{key}: the datetime {value.isoformat()} needs a UTC offset, e.g. {value.isoformat()}Z"
+            )
         return value.timestamp()
     if isinstance(value, dt.date):
         return dt.datetime(value.year, value.month, value.day, tzinfo=dt.UTC).timestamp()
@@ -324,7 +340,7 @@ def _cidr(v: Any, key: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     try:
         return ipaddress.ip_network(v, strict=False)
     except (ValueError, TypeError):
-        raise ConfigError(f"{key}: expected a CIDR like \"10.0.0.0/8\", got {v!r}") from None
+        raise ConfigError(f'{key}: expected a CIDR like "10.0.0.0/8", got {v!r}') from None
 
 
 def _upstream_url(v: Any, key: str) -> str:
@@ -332,13 +348,13 @@ def _upstream_url(v: Any, key: str) -> str:
         parts = urlsplit(v)
         if parts.scheme == "http" and parts.hostname and parts.path in ("", "/") and not parts.query:
             return v.rstrip("/")
-    raise ConfigError(f"{key}: expected an http URL without a path, like \"http://127.0.0.1:9000\", got {v!r}")
+    raise ConfigError(f'{key}: expected an http URL without a path, like "http://127.0.0.1:9000", got {v!r}')
 
 
 def _limits_backend(v: Any, key: str) -> str:
     if v == "local" or (isinstance(v, str) and v.startswith(("redis://", "rediss://", "unix://"))):
         return v
-    raise ConfigError(f"{key}: expected \"local\" or a Redis URL like \"redis://127.0.0.1:6379/0\", got {v!r}")
+    raise ConfigError(f'{key}: expected "local" or a Redis URL like "redis://127.0.0.1:6379/0", got {v!r}')
 
 
 def _nullable(parse: Callable[[Any, str], Any]) -> Callable[[Any, str], Any]:
@@ -466,7 +482,9 @@ def _token_types(raw: Any) -> dict[str, frozenset[str]]:
     out: dict[str, frozenset[str]] = {}
     for name in list(t.raw):
         if name not in TOKEN_TYPES:
-            raise ConfigError(f"token_types.{name}: unknown token type; known types: {', '.join(TOKEN_TYPES)}")
+            raise ConfigError(
+                f"token_types.{name}: unknown token type; known types: {', '.join(TOKEN_TYPES)}"
+            )
         sub = _Table(t.raw.pop(name), f"token_types.{name}")
         out[name] = frozenset(sub.take("permissions", _list(parse_permission), ()))
         sub.done(("permissions",))
@@ -481,22 +499,24 @@ def _routes(raw: Any) -> tuple[Route, ...]:
         t = _Table(entry, f"routes[{i}]")
         path = t.take("path", _str)
         if path is None:
-            raise ConfigError(f"routes[{i}].path: missing; every route needs a path like \"/v1/leads/insert\"")
+            raise ConfigError(f'routes[{i}].path: missing; every route needs a path like "/v1/leads/insert"')
         if not path.startswith("/"):
-            raise ConfigError(f"routes[{i}].path: must start with \"/\", got {path!r}")
+            raise ConfigError(f'routes[{i}].path: must start with "/", got {path!r}')
         prefix = path.endswith("/*")
         if "*" in (path[:-2] if prefix else path):
-            raise ConfigError(f"routes[{i}].path: \"*\" is only allowed as a final \"/*\" prefix, got {path!r}")
+            raise ConfigError(f'routes[{i}].path: "*" is only allowed as a final "/*" prefix, got {path!r}')
         if not t.has("permission"):
-            raise ConfigError(f"routes[{i}].permission: missing; every route needs a permission like \"leads:read\"")
+            raise ConfigError(
+                f'routes[{i}].permission: missing; every route needs a permission like "leads:read"'
+            )
         permission = t.take("permission", parse_permission)
         if permission == "*":
-            raise ConfigError(f"routes[{i}].permission: a route needs a section, not \"*\"")
+            raise ConfigError(f'routes[{i}].permission: a route needs a section, not "*"')
 
         def method(v: Any, key: str) -> str:
             if isinstance(v, str) and v.upper() in HTTP_METHODS:
                 return v.upper()
-            raise ConfigError(f"{key}: expected an HTTP method like \"GET\" or \"POST\", got {v!r}")
+            raise ConfigError(f'{key}: expected an HTTP method like "GET" or "POST", got {v!r}')
 
         methods = t.take("methods", _list(method))
         routes.append(
@@ -525,7 +545,9 @@ def _secret_digest(t: _Table, env: dict[str, str]) -> bytes:
     if kind == "secret_env":
         secret = env.get(value, "")
         if not secret:
-            raise ConfigError(f"{t.key('secret_env')}: environment variable {value} is not set; export it first")
+            raise ConfigError(
+                f"{t.key('secret_env')}: environment variable {value} is not set; export it first"
+            )
         return hashlib.sha256(secret.encode()).digest()
     if kind == "secret_sha256":
         if not re.fullmatch(r"[0-9a-fA-F]{64}", value):
@@ -542,7 +564,7 @@ def _token(raw: Any, name: str, env: dict[str, str]) -> TokenSeed:
     digest = _secret_digest(t, env)
     permissions = t.take("permissions", _list(parse_permission), None)
     if permissions is None:
-        raise ConfigError(f"{name}.permissions: missing; list sections like [\"leads:read\"] or [\"*\"]")
+        raise ConfigError(f'{name}.permissions: missing; list sections like ["leads:read"] or ["*"]')
     seed = TokenSeed(
         name=token_name,
         digest=digest,
@@ -555,10 +577,7 @@ def _token(raw: Any, name: str, env: dict[str, str]) -> TokenSeed:
         quota=t.take("quota", parse_quota),
         concurrency=t.take("concurrency", _int(1)),
     )
-    t.done(
-        ("name", "secret_env", "secret_sha256", "secret", "type", "company", "permissions", "not_before", "expires")
-        + ("rate_limit", "quota", "concurrency")
-    )
+    t.done(TOKEN_KEYS)
     return seed
 
 
@@ -646,14 +665,18 @@ def parse(raw: dict[str, Any], *, base: Path | None = None, env: dict[str, str] 
         inc_raw = _read_toml(inc_path)
         inc_tokens = inc_raw.pop("tokens", [])
         if inc_raw:
-            raise ConfigError(f"include[{i}] ({inc}): {sorted(inc_raw)[0]}: unknown key; included files hold [[tokens]] only")
+            raise ConfigError(
+                f"include[{i}] ({inc}): {sorted(inc_raw)[0]}: unknown key; included files hold [[tokens]] only"
+            )
         if not isinstance(inc_tokens, list):
             raise ConfigError(f"include[{i}] ({inc}): tokens: expected [[tokens]] tables")
         token_tables += [(f"{inc}: tokens[{j}]", x) for j, x in enumerate(inc_tokens)]
     t.done(TOP_LEVEL)
 
     if credentials.query_param is None and credentials.body_field is None and not credentials.bearer:
-        raise ConfigError("credentials: every credential place is disabled; enable query_param, body_field or bearer")
+        raise ConfigError(
+            "credentials: every credential place is disabled; enable query_param, body_field or bearer"
+        )
 
     cfg = Config(
         server=server,

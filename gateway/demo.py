@@ -27,7 +27,9 @@ def main() -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the gateway; it stops the echo on exit
         echo.run(up.hostname or "127.0.0.1", up.port or 80)
         os._exit(0)
-    print(f"demo upstream (echo) on {cfg.upstream.url}, gateway on http://{cfg.server.listen}", file=sys.stderr)
+    print(
+        f"demo upstream (echo) on {cfg.upstream.url}, gateway on http://{cfg.server.listen}", file=sys.stderr
+    )
     code = 0
     try:
         from gateway.cli import main as gateway_main

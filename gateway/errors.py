@@ -5,9 +5,8 @@ Nothing else in the gateway builds an error response; bodies are rendered once, 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import json
+from dataclasses import dataclass
 
 
 class MalformedRequest(ValueError):

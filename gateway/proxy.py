@@ -189,7 +189,14 @@ class Gateway:
         except CredentialConflict:
             entry["query"] = self._redacted(query)
             return self._refuse(REFUSALS["conflict"], entry)
-        except (MalformedRequest, HttpProcessingError, UnicodeError, zlib.error, TimeoutError, ConnectionError):
+        except (
+            MalformedRequest,
+            HttpProcessingError,
+            UnicodeError,
+            zlib.error,
+            TimeoutError,
+            ConnectionError,
+        ):
             entry["query"] = self._redacted(query)
             return self._refuse(REFUSALS["malformed"], entry)
         entry["query"] = found.query if not spec.forward else self._redacted(query)

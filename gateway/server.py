@@ -133,7 +133,9 @@ class Worker:
             max_field_size=cfg.server.max_header_size,
             max_headers=cfg.server.max_headers,
         )
-        self._runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=cfg.server.shutdown_grace)
+        self._runner = web.ServerRunner(
+            server, handle_signals=False, shutdown_timeout=cfg.server.shutdown_grace
+        )
         await self._runner.setup()
         sock = self._sock or listen_socket(cfg.server.listen.host, cfg.server.listen.port, reuse_port=False)
         site = web.SockSite(self._runner, sock)
@@ -147,7 +149,9 @@ class Worker:
         from gateway.admin import admin_handler
 
         listen = self.config.admin.listen
-        self._admin_runner = web.ServerRunner(web.Server(admin_handler(self), access_log=None), handle_signals=False)
+        self._admin_runner = web.ServerRunner(
+            web.Server(admin_handler(self), access_log=None), handle_signals=False
+        )
         await self._admin_runner.setup()
         sock = listen_socket(listen.host, listen.port, reuse_port=False)
         await web.SockSite(self._admin_runner, sock).start()
@@ -272,9 +276,11 @@ class Master:
         code = 0
         try:
             signal.pthread_sigmask(signal.SIG_SETMASK, [])
-            sock = listen_socket(self.config.server.listen.host, self.config.server.listen.port, reuse_port=True)
+            sock = listen_socket(
+                self.config.server.listen.host, self.config.server.listen.port, reuse_port=True
+            )
             run_worker(self.config, sock=sock, admin=worker_id == 0, seeds=False, worker_id=worker_id)
-        except BaseException as e:  # noqa: BLE001 - a worker must never return into the master's loop
+        except BaseException as e:
             print(f"gateway: worker {worker_id} failed: {e}", file=sys.stderr)
             code = 1
         finally:
@@ -298,7 +304,9 @@ class Master:
                 return
             worker_id = self.children.pop(pid, None)
             if worker_id is not None and not self.stopping:
-                log.error("worker %d (pid %d) died with status %d; starting a new one", worker_id, pid, status)
+                log.error(
+                    "worker %d (pid %d) died with status %d; starting a new one", worker_id, pid, status
+                )
                 time.sleep(0.1)
                 self._spawn(worker_id)
 

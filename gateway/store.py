@@ -247,7 +247,7 @@ class Store:
         if db is not None:
             try:
                 await db.close()
-            except Exception:  # noqa: BLE001 - it is already broken; closing is best effort
+            except Exception:
                 pass
 
     # --- the hot path's one query ------------------------------------------------------------------------------
@@ -290,7 +290,9 @@ class Store:
         gap = rows[0][0] > seq + 1
         return rows[-1][0], [d for _, d in rows if d is not None], gap
 
-    async def _changed(self, db: aiosqlite.Connection, token_id: str, digests: Iterable[bytes | None]) -> None:
+    async def _changed(
+        self, db: aiosqlite.Connection, token_id: str, digests: Iterable[bytes | None]
+    ) -> None:
         now = time.time()
         await db.executemany(
             "INSERT INTO token_changes (token_id, digest, changed_at) VALUES (?, ?, ?)",
@@ -563,11 +565,11 @@ class Store:
 
         await self._write(write)
 
-
     async def prune_log(self, before_ts: str, batch: int = 1000) -> int:
         """Delete records older than `before_ts` in small transactions, so writers are never blocked for long."""
         total = 0
         while True:
+
             async def write(db: aiosqlite.Connection) -> int:
                 cur = await db.execute(
                     "DELETE FROM request_log WHERE id IN (SELECT id FROM request_log WHERE ts < ? LIMIT ?)",
