@@ -26,6 +26,7 @@ from gateway.cache import TokenCache
 from gateway.config import Config, Route
 from gateway.credentials import Found, body_kind, find
 from gateway.errors import REFUSALS, CredentialConflict, MalformedRequest, Refusal
+from gateway.limits import Limiter, needs_limits
 from gateway.routes import Router
 from gateway.store import StoreUnavailable, TokenRecord, digest_of
 from gateway.upstream import UpstreamBusy, UpstreamError, UpstreamPool, UpstreamResponse, UpstreamTimeout
@@ -99,9 +100,13 @@ class Gateway:
         cache: TokenCache,
         upstream: UpstreamPool,
         access_log: Any,
+        limiter: Limiter | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.cache = cache
+        self.limiter = limiter or Limiter()
+        # token id -> last time it was allowed; the worker flushes this to the store in batches.
+        self.last_used: dict[str, float] = {}
         self.upstream = upstream
         self.access_log = access_log
         self.clock = clock
@@ -220,15 +225,29 @@ class Gateway:
         if refusal is not None:
             return self._refuse(refusal, entry)
         assert token is not None
-        return await self._forward(request, entry, path, found, body, length, token, route)
+        self.last_used[token.id] = entry["ts"]
+        if not needs_limits(token, route):
+            return await self._forward(request, entry, path, found, body, length, token, route, ())
+        admission = await self.limiter.admit(token, route, self.clock())
+        try:
+            if admission.refusal is not None:
+                return self._refuse(admission.refusal, entry, admission.headers)
+            return await self._forward(
+                request, entry, path, found, body, length, token, route, admission.headers
+            )
+        finally:
+            admission.release()
 
-    def _refuse(self, refusal: Refusal, entry: dict[str, Any]) -> web.Response:
+    def _refuse(
+        self, refusal: Refusal, entry: dict[str, Any], extra: list[tuple[str, str]] | tuple = ()
+    ) -> web.Response:
         entry["outcome"] = refusal.outcome
         entry["status"] = refusal.status
         entry["bytes_out"] = len(refusal.body)
-        return web.Response(
-            status=refusal.status, body=refusal.body, headers=_refusal_headers(refusal, entry["request_id"])
-        )
+        headers = _refusal_headers(refusal, entry["request_id"])
+        for name, value in extra:
+            headers[name] = value
+        return web.Response(status=refusal.status, body=refusal.body, headers=headers)
 
     def _redacted(self, query: str) -> str:
         return find_redacted(self.spec, query)
@@ -292,6 +311,7 @@ class Gateway:
         length: int | None,
         token: TokenRecord,
         route: Route | None,
+        extra: list[tuple[str, str]] | tuple,
     ) -> web.StreamResponse:
         headers = self._upstream_headers(request, found, token, entry["request_id"], decoded=body is not None)
         if body is not None:
@@ -318,7 +338,7 @@ class Gateway:
         except UpstreamError:
             return self._upstream_failed(REFUSALS["upstream_error"], entry, upstream_started)
         try:
-            return await self._relay(request, upstream, entry, upstream_started)
+            return await self._relay(request, upstream, entry, upstream_started, extra)
         finally:
             upstream.release()
             if payload is not None and body is None:
@@ -369,7 +389,12 @@ class Gateway:
         return out
 
     async def _relay(
-        self, request: web.BaseRequest, upstream: UpstreamResponse, entry: dict[str, Any], started: float
+        self,
+        request: web.BaseRequest,
+        upstream: UpstreamResponse,
+        entry: dict[str, Any],
+        started: float,
+        extra: list[tuple[str, str]] | tuple,
     ) -> web.StreamResponse:
         entry["upstream_ms"] = round((time.perf_counter() - started) * 1000, 3)
         entry["status"] = upstream.status
@@ -378,6 +403,8 @@ class Gateway:
         for name, value in upstream.headers:
             if name.lower() not in RESPONSE_DROP:
                 out.add(name, value)
+        for name, value in extra:
+            out[name] = value
         out["X-Request-Id"] = entry["request_id"]
         sent = 0
         try:

@@ -25,6 +25,7 @@ from gateway import config as config_mod
 from gateway.accesslog import AccessLog
 from gateway.cache import TokenCache
 from gateway.config import Config, ConfigError
+from gateway.limits import Limiter
 from gateway.proxy import Gateway
 from gateway.store import Store, StoreConflict
 from gateway.upstream import UpstreamPool
@@ -33,6 +34,12 @@ log = logging.getLogger("gateway.server")
 
 CHANGE_POLL = 0.25  # seconds between change-feed polls: a revoke reaches every worker well within 1 s
 CHANGES_KEPT = 3600.0
+LAST_USED_FLUSH = 5.0
+
+
+def make_limiter(config: Config, clock: Callable[[], float]) -> Limiter:
+    """The limits backend the config names. (Placeholder until the limits issue lands: no limits.)"""
+    return Limiter()
 
 
 class StartupError(Exception):
@@ -120,8 +127,14 @@ class Worker:
             max_connections=cfg.upstream.max_connections,
             pool_timeout=cfg.upstream.pool_timeout,
         )
+        self.limiter = make_limiter(cfg, clock=self.clock)
         self.gateway = Gateway(
-            cfg, cache=self.cache, upstream=self.upstream, access_log=self.access_log, clock=self.clock
+            cfg,
+            cache=self.cache,
+            upstream=self.upstream,
+            access_log=self.access_log,
+            limiter=self.limiter,
+            clock=self.clock,
         )
         server = web.Server(
             self.gateway.handle,
@@ -158,10 +171,24 @@ class Worker:
         self.admin_port = sock.getsockname()[1]
 
     async def _housekeeping(self) -> None:
+        ticks = 0
         while True:
-            await asyncio.sleep(60)
-            with contextlib.suppress(Exception):
-                await self.store.prune_changes(time.time() - CHANGES_KEPT)
+            await asyncio.sleep(LAST_USED_FLUSH)
+            await self.flush_last_used()
+            ticks += 1
+            if ticks % 12 == 0:
+                with contextlib.suppress(Exception):
+                    await self.store.prune_changes(time.time() - CHANGES_KEPT)
+
+    async def flush_last_used(self) -> None:
+        """Last use is written in batches, never once per request."""
+        used, self.gateway.last_used = self.gateway.last_used, {}
+        try:
+            await self.log_store.record_last_used(used)
+        except Exception as e:
+            log.warning("cannot record last use of %d tokens: %s", len(used), e)
+            for token_id, t in used.items():
+                self.gateway.last_used[token_id] = max(t, self.gateway.last_used.get(token_id, 0.0))
 
     async def reload(self) -> None:
         """SIGHUP: re-read the config file; a broken file leaves everything as it was."""
@@ -191,7 +218,9 @@ class Worker:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        await self.flush_last_used()
         await self.access_log.close()
+        await self.limiter.close()
         await self.upstream.close()
         await self.store.close()
         await self.log_store.close()
