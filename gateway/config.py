@@ -19,6 +19,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from gateway.credentials import CredentialSpec
+from gateway.errors import MalformedRequest
+from gateway.paths import normalise as paths_normalise
 
 DEFAULT_PATH = "config/gateway.toml"
 TOKEN_TYPES = ("developer", "connector", "internal", "external")
@@ -204,6 +206,7 @@ _SIZE_UNITS = {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3}
 _RATE = re.compile(r"(\d+)\s*/\s*(second|minute|hour)")
 _RATE_UNITS = {"second": 1.0, "minute": 60.0, "hour": 3600.0}
 _QUOTA = re.compile(r"(\d+)\s*/\s*(day|month)")
+_ROUTE_PATH = re.compile(r"/[A-Za-z0-9._~/-]*")
 _PERMISSION = re.compile(r"\*|[a-z0-9][a-z0-9_.-]*(:[a-z0-9][a-z0-9_.-]*)?")
 
 
@@ -505,6 +508,21 @@ def _routes(raw: Any) -> tuple[Route, ...]:
         prefix = path.endswith("/*")
         if "*" in (path[:-2] if prefix else path):
             raise ConfigError(f'routes[{i}].path: "*" is only allowed as a final "/*" prefix, got {path!r}')
+        bare = path[:-2] or "/" if prefix else path
+        # Requests are matched on their normalised path, where every other character stays percent-encoded:
+        # a route written with one could be reached under a spelling it does not match.
+        if not _ROUTE_PATH.fullmatch(bare):
+            raise ConfigError(
+                f'routes[{i}].path: only letters, digits, "-._~" and "/" are allowed (plus a final "/*"), got {path!r}'
+            )
+        try:
+            normal = paths_normalise(bare)[0]
+        except MalformedRequest:
+            normal = None
+        if normal != bare:
+            raise ConfigError(
+                f'routes[{i}].path: write it normalised (no "//", "." or ".." segments), got {path!r}'
+            )
         if not t.has("permission"):
             raise ConfigError(
                 f'routes[{i}].permission: missing; every route needs a permission like "leads:read"'
@@ -521,7 +539,7 @@ def _routes(raw: Any) -> tuple[Route, ...]:
         methods = t.take("methods", _list(method))
         routes.append(
             Route(
-                path=path[:-2] or "/" if prefix else path,
+                path=bare,
                 prefix=prefix,
                 methods=frozenset(methods) if methods else None,
                 permission=permission,

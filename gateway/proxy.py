@@ -182,6 +182,10 @@ class Gateway:
         content_type = headers.get("Content-Type")
         kind = body_kind(spec, content_type) if request.body_exists else None
         try:
+            if content_type is not None and len(headers.getall("Content-Type")) > 1:
+                raise MalformedRequest(
+                    "several Content-Type headers: the upstream might read another body kind"
+                )
             length = _content_length(request)
             if length is not None and length > self.max_body:
                 raise BodyTooLarge

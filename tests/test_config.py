@@ -120,3 +120,9 @@ def test_serve_with_bad_config_exits_2(tmp_path):
     result = run_cli("serve", "--config", str(bad))
     assert result.returncode == 2
     assert "cache.ttl" in result.stderr
+
+
+@pytest.mark.parametrize("path", ["/v1/things:batch", "/v1//leads", "/v1/./leads", "/v1/le ads", "/v1/%41"])
+def test_route_paths_must_be_plain_and_normalised(path):
+    with pytest.raises(ConfigError, match=r"routes\[0\]\.path"):
+        parse(f'[[routes]]\npath = "{path}"\npermission = "a"')

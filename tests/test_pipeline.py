@@ -356,3 +356,15 @@ async def test_upstream_down_is_502(start_gateway, upstream):
 async def test_upstream_slow_is_504(gateway, upstream):
     r = await gateway.get(f"/v1/leads/slow?delay=5&auth_token={ADMIN}")
     await refused(r, 504, {"success": False, "error": "Upstream timed out"})
+
+
+async def test_two_content_types_are_malformed(gateway, upstream):
+    from tests.conftest import raw_exchange, status_of
+
+    body = f"auth_token={CREATOR}"
+    request = (
+        "POST /v1/leads/insert HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+        f"Content-Type: text/plain\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n{body}"
+    ).encode()
+    assert status_of(await raw_exchange(gateway.port, request)) == 400
+    assert upstream.received == []
