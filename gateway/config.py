@@ -374,110 +374,73 @@ def _nullable(parse: Callable[[Any, str], Any]) -> Callable[[Any, str], Any]:
 # --- sections ----------------------------------------------------------------------------------------------------
 
 
-def _server(raw: Any) -> ServerConfig:
-    t = _Table(raw, "server")
-    d = ServerConfig()
-    cfg = ServerConfig(
-        listen=t.take("listen", parse_listen, d.listen),
-        workers=t.take("workers", _int(0, 256), d.workers),
-        max_body=t.take("max_body", parse_size, d.max_body),
-        unmatched=t.take("unmatched", _choice("deny", "allow-authenticated"), d.unmatched),
-        trusted_proxies=t.take("trusted_proxies", _list(_cidr), ()),
-        max_header_size=t.take("max_header_size", parse_size, d.max_header_size),
-        max_headers=t.take("max_headers", _int(1), d.max_headers),
-        max_url=t.take("max_url", parse_size, d.max_url),
-        header_timeout=t.take("header_timeout", parse_duration, d.header_timeout),
-        body_timeout=t.take("body_timeout", parse_duration, d.body_timeout),
-        keepalive_timeout=t.take("keepalive_timeout", parse_duration, d.keepalive_timeout),
-        max_connections=t.take("max_connections", _int(1), d.max_connections),
-        shutdown_grace=t.take("shutdown_grace", parse_duration, d.shutdown_grace),
-    )
-    t.done(tuple(ServerConfig.__dataclass_fields__))
-    return cfg
+def _path(v: Any, key: str) -> Path:
+    return Path(_str(v, key))
 
 
-def _admin(raw: Any) -> AdminConfig:
-    t = _Table(raw, "admin")
-    d = AdminConfig()
-    cfg = AdminConfig(t.take("listen", parse_listen, d.listen), t.take("token_env", _str, d.token_env))
-    t.done(tuple(AdminConfig.__dataclass_fields__))
-    return cfg
+# Each plain section: its dataclass and one parser per key. Defaults come from the dataclass.
+SECTIONS: dict[str, tuple[type, dict[str, Callable[[Any, str], Any]]]] = {
+    "server": (
+        ServerConfig,
+        {
+            "listen": parse_listen,
+            "workers": _int(0, 256),
+            "max_body": parse_size,
+            "unmatched": _choice("deny", "allow-authenticated"),
+            "trusted_proxies": _list(_cidr),
+            "max_header_size": parse_size,
+            "max_headers": _int(1),
+            "max_url": parse_size,
+            "header_timeout": parse_duration,
+            "body_timeout": parse_duration,
+            "keepalive_timeout": parse_duration,
+            "max_connections": _int(1),
+            "shutdown_grace": parse_duration,
+        },
+    ),
+    "admin": (AdminConfig, {"listen": parse_listen, "token_env": _str}),
+    "store": (StoreConfig, {"database": _path, "busy_timeout": parse_duration}),
+    "cache": (
+        CacheConfig,
+        {"size": _int(1), "ttl": parse_duration, "negative_size": _int(1), "negative_ttl": parse_duration},
+    ),
+    "access_log": (
+        AccessLogConfig,
+        {
+            "path": _str,
+            "rotate": _nullable(parse_size),
+            "keep": _int(0),
+            "retain": _nullable(parse_duration),
+            "queue": _int(1),
+        },
+    ),
+    "limits": (LimitsConfig, {"backend": _limits_backend, "on_backend_error": _choice("deny", "allow")}),
+    "upstream": (
+        UpstreamConfig,
+        {
+            "url": _upstream_url,
+            "timeout": parse_duration,
+            "connect_timeout": parse_duration,
+            "max_connections": _int(1),
+            "pool_timeout": parse_duration,
+        },
+    ),
+    "credentials": (
+        CredentialSpec,
+        {"query_param": _nullable(_str), "body_field": _nullable(_str), "bearer": _bool, "forward": _bool},
+    ),
+}
 
 
-def _store(raw: Any) -> StoreConfig:
-    t = _Table(raw, "store")
-    d = StoreConfig()
-    cfg = StoreConfig(
-        database=Path(t.take("database", _str, str(d.database))),
-        busy_timeout=t.take("busy_timeout", parse_duration, d.busy_timeout),
-    )
-    t.done(tuple(StoreConfig.__dataclass_fields__))
-    return cfg
-
-
-def _cache(raw: Any) -> CacheConfig:
-    t = _Table(raw, "cache")
-    d = CacheConfig()
-    cfg = CacheConfig(
-        size=t.take("size", _int(1), d.size),
-        ttl=t.take("ttl", parse_duration, d.ttl),
-        negative_size=t.take("negative_size", _int(1), d.negative_size),
-        negative_ttl=t.take("negative_ttl", parse_duration, d.negative_ttl),
-    )
-    t.done(tuple(CacheConfig.__dataclass_fields__))
-    return cfg
-
-
-def _access_log(raw: Any) -> AccessLogConfig:
-    t = _Table(raw, "access_log")
-    d = AccessLogConfig()
-    cfg = AccessLogConfig(
-        path=t.take("path", _str, d.path),
-        rotate=t.take("rotate", _nullable(parse_size), d.rotate),
-        keep=t.take("keep", _int(0), d.keep),
-        retain=t.take("retain", _nullable(parse_duration), d.retain),
-        queue=t.take("queue", _int(1), d.queue),
-    )
-    t.done(tuple(AccessLogConfig.__dataclass_fields__))
-    return cfg
-
-
-def _limits(raw: Any) -> LimitsConfig:
-    t = _Table(raw, "limits")
-    d = LimitsConfig()
-    cfg = LimitsConfig(
-        backend=t.take("backend", _limits_backend, d.backend),
-        on_backend_error=t.take("on_backend_error", _choice("deny", "allow"), d.on_backend_error),
-    )
-    t.done(tuple(LimitsConfig.__dataclass_fields__))
-    return cfg
-
-
-def _upstream(raw: Any) -> UpstreamConfig:
-    t = _Table(raw, "upstream")
-    d = UpstreamConfig()
-    cfg = UpstreamConfig(
-        url=t.take("url", _upstream_url, d.url),
-        timeout=t.take("timeout", parse_duration, d.timeout),
-        connect_timeout=t.take("connect_timeout", parse_duration, d.connect_timeout),
-        max_connections=t.take("max_connections", _int(1), d.max_connections),
-        pool_timeout=t.take("pool_timeout", parse_duration, d.pool_timeout),
-    )
-    t.done(tuple(UpstreamConfig.__dataclass_fields__))
-    return cfg
-
-
-def _credentials(raw: Any) -> CredentialSpec:
-    t = _Table(raw, "credentials")
-    d = CredentialSpec()
-    cfg = CredentialSpec(
-        query_param=t.take("query_param", _nullable(_str), d.query_param),
-        body_field=t.take("body_field", _nullable(_str), d.body_field),
-        bearer=t.take("bearer", _bool, d.bearer),
-        forward=t.take("forward", _bool, d.forward),
-    )
-    t.done(("query_param", "body_field", "bearer", "forward"))
-    return cfg
+def _section(name: str, raw: Any) -> Any:
+    cls, parsers = SECTIONS[name]
+    t = _Table(raw, name)
+    values = {k: t.take(k, parse) for k, parse in parsers.items() if t.has(k)}
+    t.done(tuple(parsers))
+    try:
+        return cls(**values)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _token_types(raw: Any) -> dict[str, frozenset[str]]:
@@ -662,15 +625,9 @@ def parse(raw: dict[str, Any], *, base: Path | None = None, env: dict[str, str] 
     """Build a Config from parsed TOML; `base` is the folder `include` paths are relative to."""
     env = dict(os.environ) if env is None else env
     t = _Table(raw, "")
-    server = _server(t.raw.pop("server", {}))
-    admin = _admin(t.raw.pop("admin", {}))
-    store = _store(t.raw.pop("store", {}))
-    cache = _cache(t.raw.pop("cache", {}))
-    access_log = _access_log(t.raw.pop("access_log", {}))
-    limits = _limits(t.raw.pop("limits", {}))
+    sections = {name: _section(name, t.raw.pop(name, {})) for name in SECTIONS}
+    credentials = sections["credentials"]
     token_types = _token_types(t.raw.pop("token_types", {}))
-    upstream = _upstream(t.raw.pop("upstream", {}))
-    credentials = _credentials(t.raw.pop("credentials", {}))
     routes = _routes(t.raw.pop("routes", []))
 
     token_tables: list[tuple[str, Any]] = []
@@ -696,20 +653,8 @@ def parse(raw: dict[str, Any], *, base: Path | None = None, env: dict[str, str] 
             "credentials: every credential place is disabled; enable query_param, body_field or bearer"
         )
 
-    cfg = Config(
-        server=server,
-        admin=admin,
-        store=store,
-        cache=cache,
-        access_log=access_log,
-        limits=limits,
-        token_types=token_types,
-        upstream=upstream,
-        credentials=credentials,
-        routes=routes,
-        tokens=(),
-    )
-    sections = cfg.sections
+    cfg = Config(**sections, token_types=token_types, routes=routes, tokens=())
+    known_sections = cfg.sections
     seeds: list[TokenSeed] = []
     names: set[str] = set()
     digests: set[bytes] = set()
@@ -724,7 +669,7 @@ def parse(raw: dict[str, Any], *, base: Path | None = None, env: dict[str, str] 
             type_=seed.type,
             company=seed.company,
             permissions=seed.permissions,
-            sections=sections,
+            sections=known_sections,
             token_types=token_types,
         )
         names.add(seed.name)
