@@ -21,6 +21,12 @@ log = logging.getLogger("gateway.cache")
 _MISSING = object()
 
 
+def _retrieve(task: asyncio.Future[TokenRecord | None]) -> None:
+    """Mark a failed lookup's error as seen: every caller that wanted it may have been cancelled."""
+    if not task.cancelled():
+        task.exception()
+
+
 class TokenCache:
     def __init__(
         self,
@@ -49,18 +55,22 @@ class TokenCache:
         if digest in self._unknown:
             return None
         pending = self._pending.get(digest)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[TokenRecord | None] = asyncio.get_running_loop().create_future()
-        self._pending[digest] = future
+        if pending is None:
+            # A task of its own, awaited through a shield: a caller cancelled because its client left must not
+            # take down the lookup that concurrent callers for the same digest are waiting on.
+            pending = self._pending[digest] = asyncio.ensure_future(self._load(digest))
+            pending.add_done_callback(_retrieve)
+        return await asyncio.shield(pending)
+
+    async def _load(self, digest: bytes) -> TokenRecord | None:
         generation = self._generation
         try:
             self.store_queries += 1
             record = await self.store.lookup(digest)
-        except BaseException as e:
-            future.set_exception(e if isinstance(e, StoreUnavailable) else StoreUnavailable(repr(e)))
-            future.exception()  # mark retrieved: waiters may be none
+        except StoreUnavailable:
             raise
+        except Exception as e:
+            raise StoreUnavailable(repr(e)) from e
         finally:
             del self._pending[digest]
         if generation == self._generation:
@@ -68,7 +78,6 @@ class TokenCache:
                 self._unknown[digest] = True
             else:
                 self._found[digest] = record
-        future.set_result(record)
         return record
 
     def evict(self, digests: list[bytes]) -> None:

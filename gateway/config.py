@@ -125,6 +125,8 @@ class AccessLogConfig:
 class LimitsConfig:
     backend: str = "local"
     on_backend_error: str = "deny"
+    # Redis keys start with this: deployments (and test runs) sharing one Redis each pick their own.
+    key_prefix: str = "gateway:limits:"
 
 
 @dataclass(frozen=True, slots=True)
@@ -414,7 +416,10 @@ SECTIONS: dict[str, tuple[type, dict[str, Callable[[Any, str], Any]]]] = {
             "queue": _int(1),
         },
     ),
-    "limits": (LimitsConfig, {"backend": _limits_backend, "on_backend_error": _choice("deny", "allow")}),
+    "limits": (
+        LimitsConfig,
+        {"backend": _limits_backend, "on_backend_error": _choice("deny", "allow"), "key_prefix": _str},
+    ),
     "upstream": (
         UpstreamConfig,
         {

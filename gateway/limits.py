@@ -1,16 +1,21 @@
-"""Rate limits, quotas and concurrency caps: the interface the pipeline calls.
+"""Rate limits, quotas and concurrency caps: the interface the pipeline calls, and what every backend shares.
 
 The pipeline asks `admit` only for requests whose token or route carries a limit, so unlimited traffic pays nothing.
+Backends: limits_local.py (in process) and limits_redis.py (shared by every worker and gateway instance).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from gateway.config import Route
-from gateway.errors import Refusal
+from gateway.errors import REFUSALS, Refusal
 from gateway.store import TokenRecord
+
+DAY = 86400.0
 
 
 def _nothing() -> None:
@@ -45,3 +50,58 @@ def needs_limits(token: TokenRecord, route: Route | None) -> bool:
         or token.concurrency is not None
         or (route is not None and route.rate_limit is not None)
     )
+
+
+# --- shared by the backends ----------------------------------------------------------------------------------------
+
+
+def quota_window(window: str, now: float) -> tuple[float, float]:
+    """The UTC calendar day or month holding `now`, as (start, end) epoch seconds."""
+    if window == "day":
+        start = now - now % DAY
+        return start, start + DAY
+    t = datetime.fromtimestamp(now, UTC)
+    start = datetime(t.year, t.month, 1, tzinfo=UTC)
+    end = datetime(t.year + t.month // 12, t.month % 12 + 1, 1, tzinfo=UTC)
+    return start.timestamp(), end.timestamp()
+
+
+def route_key(route: Route) -> str:
+    """Names a route's own limit: its pattern and methods, so two entries for one path keep separate counts."""
+    methods = ",".join(sorted(route.methods)) if route.methods else "*"
+    return f"{methods} {route.pattern}"
+
+
+def whole_seconds(seconds: float) -> int:
+    """Delta-seconds for Retry-After and RateLimit-Reset: rounded up, so a client that waits is never early."""
+    return max(1, math.ceil(seconds - 1e-9))
+
+
+def admitted(limit: int, remaining: int, reset: float) -> list[tuple[str, str]]:
+    """RateLimit-* (draft-ietf-httpapi-ratelimit-headers) for the most restrictive limit of an allowed request.
+
+    `reset`: seconds until the oldest request still counted stops counting (sliding windows) or the quota window ends.
+    """
+    return [
+        ("RateLimit-Limit", str(limit)),
+        ("RateLimit-Remaining", str(max(0, remaining))),
+        ("RateLimit-Reset", str(whole_seconds(reset))),
+    ]
+
+
+def refused(wait: float, limit: int | None) -> Admission:
+    """A 429: `wait` is how long until every refusing limit would admit this request again."""
+    seconds = str(whole_seconds(wait))
+    headers = [("Retry-After", seconds)]
+    if limit is not None:
+        headers += [
+            ("RateLimit-Limit", str(limit)),
+            ("RateLimit-Remaining", "0"),
+            ("RateLimit-Reset", seconds),
+        ]
+    return Admission(REFUSALS["rate_limited"], headers)
+
+
+def backend_down() -> Admission:
+    """The limits backend cannot answer and on_backend_error = "deny": fail closed, like a store that is down."""
+    return Admission(REFUSALS["unavailable"], [("Retry-After", "1")])

@@ -64,6 +64,7 @@ REQUEST_DROP = HOP_BY_HOP | {
 }
 RESPONSE_DROP = HOP_BY_HOP - {"content-length"}
 IDENTITY_PREFIX = "x-gateway-"
+CLIENT_CLOSED = 499  # access-log status of a request whose client went away before the answer started
 DECODABLE = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
 
@@ -155,6 +156,11 @@ class Gateway:
         }
         try:
             return await self._handle(request, entry)
+        except asyncio.CancelledError:
+            # The client left before its answer was under way (handler_cancellation): 499, as nginx logs it.
+            if not entry["status"]:
+                entry["status"] = CLIENT_CLOSED
+            raise
         finally:
             self.in_flight -= 1
             entry["duration_ms"] = round((time.perf_counter() - started) * 1000, 3)
@@ -162,7 +168,8 @@ class Gateway:
             self.outcomes[key] = self.outcomes.get(key, 0) + 1
             wait = self.access_log.put(entry)
             if wait is not None:
-                await wait
+                # Shielded: a request cancelled while the log queue is full still leaves its one record.
+                await asyncio.shield(wait)
 
     async def _handle(self, request: web.BaseRequest, entry: dict[str, Any]) -> web.StreamResponse:
         try:

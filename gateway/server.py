@@ -26,6 +26,8 @@ from gateway.accesslog import AccessLog
 from gateway.cache import TokenCache
 from gateway.config import Config, ConfigError
 from gateway.limits import Limiter
+from gateway.limits_local import LocalLimiter
+from gateway.limits_redis import RedisLimiter, lease_ttl_for
 from gateway.proxy import Gateway
 from gateway.store import Store, StoreConflict
 from gateway.upstream import UpstreamPool
@@ -38,8 +40,17 @@ LAST_USED_FLUSH = 5.0
 
 
 def make_limiter(config: Config, clock: Callable[[], float]) -> Limiter:
-    """The limits backend the config names. (Placeholder until the limits issue lands: no limits.)"""
-    return Limiter()
+    """The limits backend the config names: in this process ("local"), or shared through Redis."""
+    limits = config.limits
+    if limits.backend == "local":
+        return LocalLimiter()
+    return RedisLimiter(
+        limits.backend,
+        on_backend_error=limits.on_backend_error,
+        key_prefix=limits.key_prefix,
+        lease_ttl=lease_ttl_for(config.upstream.timeout),
+        clock=clock,
+    )
 
 
 class StartupError(Exception):
@@ -138,7 +149,9 @@ class Worker:
         )
         server = web.Server(
             self.gateway.handle,
-            handler_cancellation=False,
+            # A client that leaves cancels its handler: its concurrency slot and upstream connection are given
+            # back at once instead of when a slow upstream finally answers (proxy.Gateway.handle still logs it).
+            handler_cancellation=True,
             auto_decompress=False,  # the gateway decides what to do with encoded bodies; see proxy._read_body
             access_log=None,
             keepalive_timeout=cfg.server.keepalive_timeout,
