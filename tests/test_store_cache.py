@@ -66,6 +66,21 @@ async def test_concurrent_misses_for_one_digest_make_one_store_query(tmp_path):
     await store.close()
 
 
+async def test_a_cancelled_first_caller_does_not_fail_the_others_waiting_on_its_lookup(tmp_path):
+    # A client that disconnects cancels its request (handler_cancellation); others sharing the lookup still get it.
+    store = await Store.open(tmp_path / "gw.db")
+    await store.create_token(name="t", digest=digest_of(READER), permissions=["a"])
+    cache = make_cache(store, [0.0])
+    first = asyncio.ensure_future(cache.get(digest_of(READER)))
+    others = [asyncio.ensure_future(cache.get(digest_of(READER))) for _ in range(3)]
+    await asyncio.sleep(0)  # every caller is now waiting on the one store query
+    first.cancel()
+    assert [r.name for r in await asyncio.gather(*others)] == ["t"] * 3
+    assert first.cancelled()
+    assert cache.store_queries == 1
+    await store.close()
+
+
 async def test_unknown_digests_are_cached_negatively_for_a_short_while(tmp_path):
     store = await Store.open(tmp_path / "gw.db")
     now = [0.0]
