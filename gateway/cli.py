@@ -5,6 +5,7 @@ Exit codes: 0 ok, 1 runtime failure, 2 usage or config error, always with one li
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 from typing import Any
@@ -27,9 +28,10 @@ def config_option(f: Any) -> Any:
     return click.option("--config", "config_path", metavar="PATH", default=None, help=CONFIG_HELP)(f)
 
 
-def load_config(config_path: str | None) -> Config:
+def load_config(config_path: str | None, *, secrets: bool = True) -> Config:
+    """The config, or exit 2 naming the bad key. `secrets=False`: for commands that never seed tokens."""
     try:
-        return config_mod.load(config_path)
+        return config_mod.load(config_path, secrets=secrets)
     except ConfigError as e:
         raise click.UsageError(str(e)) from None
 
@@ -88,17 +90,20 @@ def config_check(config_path: str | None) -> None:
 
 
 def _register_subcommands() -> None:
-    from gateway import cli_logs, cli_tokens
-
-    cli.add_command(cli_tokens.tokens)
-    cli.add_command(cli_logs.logs)
+    # Each command group registers on its own: a module that is not there yet must not hide the others, and a
+    # real import error inside one must not be swallowed.
+    for module_name, command in (("gateway.cli_tokens", "tokens"), ("gateway.cli_logs", "logs")):
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as e:
+            if e.name != module_name:
+                raise
+            continue
+        cli.add_command(getattr(module, command))
 
 
 def main(argv: list[str] | None = None) -> None:
-    try:
-        _register_subcommands()
-    except ImportError:  # pragma: no cover - a partial checkout still serves
-        pass
+    _register_subcommands()
     try:
         cli.main(args=argv, prog_name="gateway", standalone_mode=False)
     except click.UsageError as e:

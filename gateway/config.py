@@ -519,7 +519,7 @@ def _routes(raw: Any) -> tuple[Route, ...]:
     return tuple(routes)
 
 
-def _secret_digest(t: _Table, env: dict[str, str]) -> bytes:
+def _secret_digest(t: _Table, env: dict[str, str], secrets: bool = True) -> bytes:
     given = [k for k in ("secret_env", "secret_sha256", "secret") if t.has(k)]
     if len(given) != 1:
         raise ConfigError(
@@ -530,6 +530,8 @@ def _secret_digest(t: _Table, env: dict[str, str]) -> bytes:
     value = t.take(kind, _str)
     if kind == "secret_env":
         secret = env.get(value, "")
+        if not secret and not secrets:
+            return b""  # the caller never seeds (token administration needs only the names)
         if not secret:
             raise ConfigError(
                 f"{t.key('secret_env')}: environment variable {value} is not set; export it first"
@@ -542,12 +544,12 @@ def _secret_digest(t: _Table, env: dict[str, str]) -> bytes:
     return hashlib.sha256(value.encode()).digest()
 
 
-def _token(raw: Any, name: str, env: dict[str, str]) -> TokenSeed:
+def _token(raw: Any, name: str, env: dict[str, str], secrets: bool = True) -> TokenSeed:
     t = _Table(raw, name)
     token_name = t.take("name", _str)
     if token_name is None:
         raise ConfigError(f"{name}.name: missing; every seeded token needs a unique name")
-    digest = _secret_digest(t, env)
+    digest = _secret_digest(t, env, secrets)
     permissions = t.take("permissions", _list(parse_permission), None)
     if permissions is None:
         raise ConfigError(f'{name}.permissions: missing; list sections like ["leads:read"] or ["*"]')
@@ -626,8 +628,18 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
 
 
-def parse(raw: dict[str, Any], *, base: Path | None = None, env: dict[str, str] | None = None) -> Config:
-    """Build a Config from parsed TOML; `base` is the folder `include` paths are relative to."""
+def parse(
+    raw: dict[str, Any],
+    *,
+    base: Path | None = None,
+    env: dict[str, str] | None = None,
+    secrets: bool = True,
+) -> Config:
+    """Build a Config from parsed TOML; `base` is the folder `include` paths are relative to.
+
+    With `secrets=False` a seeded token whose `secret_env` is unset gets an empty digest instead of an error: for
+    commands that never seed, so that an operator's shell needs no seeded secrets to manage tokens.
+    """
     env = dict(os.environ) if env is None else env
     t = _Table(raw, "")
     sections = {name: _section(name, t.raw.pop(name, {})) for name in SECTIONS}
@@ -664,10 +676,10 @@ def parse(raw: dict[str, Any], *, base: Path | None = None, env: dict[str, str] 
     names: set[str] = set()
     digests: set[bytes] = set()
     for key, raw_token in token_tables:
-        seed = _token(raw_token, key, env)
+        seed = _token(raw_token, key, env, secrets)
         if seed.name in names:
             raise ConfigError(f"{key}.name: duplicate token name {seed.name!r}")
-        if seed.digest in digests:
+        if seed.digest and seed.digest in digests:
             raise ConfigError(f"{key}: the same secret is already used by another seeded token")
         check_token_permissions(
             key=f"{key}.permissions",
@@ -687,7 +699,9 @@ def resolve_path(path: str | os.PathLike[str] | None) -> Path:
     return Path(path or os.environ.get("GATEWAY_CONFIG") or DEFAULT_PATH)
 
 
-def load(path: str | os.PathLike[str] | None = None, *, env: dict[str, str] | None = None) -> Config:
+def load(
+    path: str | os.PathLike[str] | None = None, *, env: dict[str, str] | None = None, secrets: bool = True
+) -> Config:
     p = resolve_path(path)
     raw = _read_toml(p)
-    return dataclasses.replace(parse(raw, base=p.parent, env=env), source=p)
+    return dataclasses.replace(parse(raw, base=p.parent, env=env, secrets=secrets), source=p)

@@ -74,10 +74,18 @@ def listen_socket(host: str, port: int, *, reuse_port: bool, backlog: int = 2048
 
 
 async def seed(config: Config) -> dict[str, int]:
-    """Apply the config's [[tokens]] to the store; a failure leaves the store as it was (one transaction)."""
-    store = await Store.open(config.store.database, config.store.busy_timeout)
+    """Apply the config's [[tokens]] to the store; a failure leaves the store as it was (one transaction).
+
+    A clash with the store (a name or secret a CLI-made token already has) is a config error, like in a worker.
+    """
+    try:
+        store = await Store.open(config.store.database, config.store.busy_timeout)
+    except Exception as e:
+        raise StartupError(f"cannot open the store {config.store.database}: {e}") from None
     try:
         return await store.seed(config.tokens)
+    except StoreConflict as e:
+        raise ConfigError(f"tokens: {e}") from None
     finally:
         await store.close()
 
@@ -212,6 +220,9 @@ class Worker:
                 await self.store.seed(new.tokens)
         except (ConfigError, StoreConflict) as e:
             log.error("reload refused, keeping the running configuration: %s", e)
+            return
+        except Exception as e:  # the store is unreachable: nothing was seeded, so nothing may change
+            log.error("reload refused, keeping the running configuration: cannot seed tokens: %s", e)
             return
         self.config = new
         self.gateway.apply(new)
@@ -356,7 +367,7 @@ class Master:
         try:
             new = config_mod.load(self.config.source)
             asyncio.run(seed(new))
-        except (ConfigError, StoreConflict) as e:
+        except (ConfigError, StoreConflict, StartupError) as e:
             log.error("reload refused, keeping the running configuration: %s", e)
             return
         self.config = new

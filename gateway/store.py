@@ -583,6 +583,60 @@ class Store:
                 return total
             await asyncio.sleep(0.05)
 
+    # --- administration views (the CLI) ------------------------------------------------------------------------
+
+    async def view(self, name_or_id: str) -> TokenView | None:
+        """A token as administrators see it, by id or name (an id wins); never its digests."""
+        db = await self._conn()
+        async with db.execute(
+            f"SELECT {_VIEW_COLUMNS} FROM tokens WHERE id = ?1 OR name = ?1 ORDER BY id = ?1 DESC LIMIT 1",
+            (name_or_id,),
+        ) as cur:
+            row = await cur.fetchone()
+        return _view(row) if row else None
+
+    async def list_views(
+        self, *, status: str | None = None, now: float, offset: int = 0, limit: int | None = None
+    ) -> tuple[int, list[TokenView]]:
+        """(how many tokens have `status` at `now`, one page of them in creation order)."""
+        # ?1 is now (unused without a status filter), ?2 the page size, ?3 the offset.
+        where = f"WHERE {_STATUS_WHERE[status]}" if status else ""
+        db = await self._conn()
+        async with db.execute(f"SELECT COUNT(*) FROM tokens {where}", (now,) if "?1" in where else ()) as cur:
+            (total,) = await cur.fetchone()
+        async with db.execute(
+            f"SELECT {_VIEW_COLUMNS} FROM tokens {where} ORDER BY created_at, id LIMIT ?2 OFFSET ?3",
+            (now, -1 if limit is None else limit, offset),
+        ) as cur:
+            rows = await cur.fetchall()
+        return total, [_view(row) for row in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class TokenView:
+    """What an administrator may see of a token: the record, who revoked it, and until when a rotated-out secret
+    still works (None: no such secret). Never a secret or a digest."""
+
+    record: TokenRecord
+    revoked_by: str | None
+    previous_secret_until: float | None
+
+
+_VIEW_COLUMNS = f"{_TOKEN_COLUMNS}, revoked_by, CASE WHEN previous_digest IS NOT NULL THEN previous_until END"
+
+# The SQL twin of TokenRecord.status, with ?1 = now.
+_STATUS_WHERE = {
+    "revoked": "revoked_at IS NOT NULL",
+    "expired": "revoked_at IS NULL AND expires IS NOT NULL AND expires <= ?1",
+    "not_yet_active": "revoked_at IS NULL AND (expires IS NULL OR expires > ?1) AND not_before > ?1",
+    "active": "revoked_at IS NULL AND (expires IS NULL OR expires > ?1) "
+    "AND (not_before IS NULL OR not_before <= ?1)",
+}
+
+
+def _view(row: Sequence[Any]) -> TokenView:
+    return TokenView(_record(row[:-2]), row[-2], row[-1])
+
 
 def _conflict_message(error: str, name: str) -> str:
     if "tokens.name" in error:
