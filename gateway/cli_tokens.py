@@ -282,7 +282,7 @@ def tokens() -> None:
     """
 
 
-@tokens.command()
+@tokens.command(short_help="Create a token; its secret is printed once.")
 @click.argument("name")
 @click.option(
     "--permissions",
@@ -384,7 +384,7 @@ def create(
     click.echo(secret)
 
 
-@tokens.command("list")
+@tokens.command("list", short_help="List tokens in creation order, a page at a time.")
 @click.option("--page", type=click.IntRange(min=1), default=1, show_default=True, help="Page number.")
 @click.option(
     "--page-size",
@@ -427,7 +427,12 @@ def list_(page: int, page_size: int, status: str | None, as_json: bool, config_p
         return
     kind = f"{status.replace('_', ' ')} tokens" if status else "tokens"
     if not views:
-        click.echo(f"No {kind}" + (f" on page {page} (there are {pages})." if total else "."))
+        if total:
+            click.echo(
+                f"No {kind} on page {page}: there {'is 1 page' if pages == 1 else f'are {pages} pages'}."
+            )
+        else:
+            click.echo(f"No {kind}.")
         return
     rows = [
         [
@@ -449,7 +454,7 @@ def list_(page: int, page_size: int, status: str | None, as_json: bool, config_p
     click.echo(f"\n{kind.capitalize()} {first}-{first + len(views) - 1} of {total} (page {page} of {pages}).")
 
 
-@tokens.command()
+@tokens.command(short_help="Show a token (never its secret), with its last use.")
 @click.argument("token", metavar="NAME|ID")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @config_option
@@ -473,7 +478,7 @@ def show(token: str, as_json: bool, config_path: str | None) -> None:
         click.echo(_details(described))
 
 
-@tokens.command()
+@tokens.command(short_help="Rename, grant or remove permissions, change validity.")
 @click.argument("token", metavar="NAME|ID")
 @click.option("--rename", metavar="NEW", help="A new, unique name.")
 @click.option(
@@ -577,7 +582,7 @@ def edit(
     click.echo(_details(described))
 
 
-@tokens.command()
+@tokens.command(short_help="Revoke a token; its record stays.")
 @click.argument("token", metavar="NAME|ID")
 @config_option
 def revoke(token: str, config_path: str | None) -> None:
@@ -605,7 +610,7 @@ def revoke(token: str, config_path: str | None) -> None:
         click.echo(f"Token {_printable(r.name)!r} ({r.id}) was already revoked at {_iso(r.revoked_at)}.")
 
 
-@tokens.command()
+@tokens.command(short_help="Issue a new secret; --grace keeps the old one a while.")
 @click.argument("token", metavar="NAME|ID")
 @click.option(
     "--grace",
@@ -656,7 +661,7 @@ def rotate(token: str, grace: str | None, as_json: bool, config_path: str | None
     click.echo(secret)
 
 
-@tokens.command()
+@tokens.command(short_help="Delete a token and its record (needs --yes).")
 @click.argument("token", metavar="NAME|ID")
 @click.option("--yes", is_flag=True, help="Confirm: deleting cannot be undone.")
 @config_option
@@ -676,7 +681,10 @@ def delete(token: str, yes: bool, config_path: str | None) -> None:
 
     async def work(store: Store) -> TokenRecord:
         record = (await _find(store, token)).record
-        if record.revoked_at is None:
+        if record.source == "seed" and (
+            record.revoked_at is None or record.name in {seed.name for seed in cfg.tokens}
+        ):
+            # Deleting a token the file still declares would let the next seeding create it afresh, active.
             _not_seeded(record, "remove")
         try:
             await store.delete_token(record.id)
@@ -688,7 +696,7 @@ def delete(token: str, yes: bool, config_path: str | None) -> None:
     click.echo(f"Deleted token {_printable(record.name)!r} ({record.id}).")
 
 
-@tokens.command()
+@tokens.command(short_help="Export every token to xlsx or csv.")
 @click.option(
     "--format",
     "format_",

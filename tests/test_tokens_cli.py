@@ -398,9 +398,15 @@ def test_seeded_tokens_are_changed_in_the_config_file_not_with_the_cli(cfg):
     ):
         refused = tokens(cfg, *args)
         assert refused.code == 1 and "seeded from the config file" in refused.err, args
-    # Revoking is an admin's call, and sticks (see test_seeding); then the record may be deleted.
+    # Revoking is an admin's call, and sticks (see test_seeding). Deleting it while the file still declares it
+    # would let the next seeding bring it back, active: only once the file no longer declares it.
     ok(tokens(cfg, "revoke", "reader"))
-    ok(tokens(cfg, "delete", "reader", "--yes"))
+    still_declared = tokens(cfg, "delete", "reader", "--yes")
+    assert still_declared.code == 1 and "seeded from the config file" in still_declared.err
+    undeclared = cfg.replace("gateway.toml", "undeclared.toml")
+    with open(cfg) as f, open(undeclared, "w") as g:
+        g.write(f.read().replace('name = "reader"', 'name = "reader-2"'))
+    ok(tokens(undeclared, "delete", "reader", "--yes"))
 
 
 # --- revoke, rotate, delete --------------------------------------------------------------------------------------
