@@ -1,8 +1,8 @@
 """The access log: one record per request, off the hot path, to a JSON-lines file and the store's request_log.
 
-Requests hand records to a bounded queue; one writer task per worker appends whole lines with a single O_APPEND
-write per batch (so workers never interleave) and inserts the batch in one transaction. When a sink fails the
-writer keeps the records, counts the failure, warns, and retries; when the queue is full, requests wait for room.
+Requests hand records to a bounded queue; one writer task per worker appends whole lines with one O_APPEND write
+per batch (so workers never interleave) and inserts the batch in one transaction. When a sink fails the writer
+holds the records, counts the failure, warns, and retries; when it holds a queue's worth, requests wait for room.
 """
 
 from __future__ import annotations
@@ -13,8 +13,11 @@ import datetime as dt
 import fcntl
 import logging
 import os
-import sys
+import select
+import sqlite3
 import time
+from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,33 +28,77 @@ from gateway.store import Store
 
 log = logging.getLogger("gateway.accesslog")
 
-BATCH = 512
+BATCH = 512  # records taken from the queue per pass
+STORE_BATCH = 2048  # records per store transaction
 RETRY_DELAY = 0.5
+WARN_EVERY = 30.0  # while a sink keeps failing, one warning this often rather than one per retry
 SHUTDOWN_RETRY = 10.0
 PRUNE_EVERY = 60.0
 PRUNE_BATCH = 1000
+# Errors that say "this record can never go in" rather than "not now": retrying them would stall the log forever.
+REFUSED_BY_STORE = (
+    sqlite3.IntegrityError,
+    sqlite3.InterfaceError,
+    sqlite3.ProgrammingError,
+    sqlite3.DataError,
+    OverflowError,
+    UnicodeError,
+)
+
+_STOP: dict[str, Any] = {}  # queued by close(), after the last request
 
 
 def iso(ts: float) -> str:
+    """A record's time: UTC, milliseconds, fixed width, so that text order is time order (the store relies on it)."""
     return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def encode(record: dict[str, Any]) -> bytes:
+    try:
+        return orjson.dumps(record) + b"\n"
+    except orjson.JSONEncodeError:
+        # A lone surrogate cannot be written to the file nor the store: escape it once, here, for both.
+        for key, value in record.items():
+            if isinstance(value, str):
+                record[key] = value.encode("utf-8", "backslashreplace").decode()
+        return orjson.dumps(record) + b"\n"
+
+
+def _write_all(fd: int, data: bytes) -> int:
+    """Bytes written; raises only when none were (a short write then an error, as on a full disk, returns short)."""
+    view = memoryview(data)
+    written = 0
+    while written < len(view):
+        try:
+            written += os.write(fd, view[written:])
+        except OSError:
+            if written:
+                return written
+            raise
+    return written
+
+
 class LogFile:
-    """An O_APPEND file that follows renames: reopened on SIGUSR1, when its path moves, or rotated at a size."""
+    """An O_APPEND file that follows renames: reopened on SIGUSR1 or when its path moves, rotated at a size."""
 
     def __init__(self, path: Path, rotate: int | None, keep: int) -> None:
         self.path = path
         self.rotate = rotate
         self.keep = keep
         self.fd = -1
-        self._ino = -1
-        self.reopen_requested = False
+        self._id = (-1, -1)
+
+    @property
+    def most_per_write(self) -> int | None:
+        """The largest write (in whole lines) that keeps a file within its rotation size."""
+        return self.rotate
 
     def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
         old, self.fd = self.fd, fd
-        self._ino = os.fstat(fd).st_ino
+        st = os.fstat(fd)
+        self._id = (st.st_dev, st.st_ino)
         if old >= 0:
             os.close(old)
 
@@ -62,44 +109,49 @@ class LogFile:
 
     def _moved(self) -> bool:
         try:
-            return os.stat(self.path).st_ino != self._ino
+            st = os.stat(self.path)
         except FileNotFoundError:
             return True
+        return (st.st_dev, st.st_ino) != self._id
 
-    def write(self, data: bytes) -> None:
-        if self.fd < 0 or self.reopen_requested or self._moved():
-            self.reopen_requested = False
+    def write(self, data: bytes) -> int:
+        """Append whole lines with one write() call; returns the bytes written (short only on a failing disk)."""
+        if self.fd < 0 or self._moved():
             self.open()
-        if self.rotate is not None and os.fstat(self.fd).st_size + len(data) > self.rotate:
-            self._rotate()
-        view = memoryview(data)
-        while view:
-            n = os.write(self.fd, view)
-            view = view[n:]
+        if self.rotate is not None:
+            size = os.fstat(self.fd).st_size
+            if size and size + len(data) > self.rotate:
+                self._rotate()
+        return _write_all(self.fd, data)
 
     def _rotate(self) -> None:
-        # Several workers share the file: the first to take the lock rotates, the others see the new inode.
-        with open(str(self.path) + ".lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            if not self._moved() and os.fstat(self.fd).st_size > 0:
+        # Workers share the file: the first to take the lock rotates, the others find the new file and use it.
+        folder = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(folder, fcntl.LOCK_EX)
+            if not self._moved():
+                name = self.path.name
                 for n in range(self.keep - 1, 0, -1):
-                    src = self.path.with_name(f"{self.path.name}.{n}")
-                    if src.exists():
-                        os.replace(src, self.path.with_name(f"{self.path.name}.{n + 1}"))
+                    with contextlib.suppress(FileNotFoundError):
+                        os.replace(self.path.with_name(f"{name}.{n}"), self.path.with_name(f"{name}.{n + 1}"))
                 if self.keep > 0:
-                    os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+                    os.replace(self.path, self.path.with_name(f"{name}.1"))
                 else:
                     os.truncate(self.path, 0)
             self.open()
+        finally:
+            os.close(folder)  # releases the lock
 
 
 class StdoutFile(LogFile):
+    """`path = "-"`: workers share one stdout, often a pipe, where only writes up to PIPE_BUF stay whole."""
+
     def __init__(self) -> None:
         super().__init__(Path("-"), None, 0)
 
-    def write(self, data: bytes) -> None:
-        sys.stdout.buffer.write(data)
-        sys.stdout.buffer.flush()
+    @property
+    def most_per_write(self) -> int | None:
+        return select.PIPE_BUF
 
     def open(self) -> None:
         pass
@@ -107,27 +159,83 @@ class StdoutFile(LogFile):
     def close(self) -> None:
         pass
 
+    def write(self, data: bytes) -> int:
+        return _write_all(1, data)
+
+
+class _Lines:
+    """Encoded lines waiting for the file. After a short write only the unwritten tail of a line is kept, so a
+    retry never writes a line twice."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.sizes: deque[int] = deque()
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+    def add(self, line: bytes) -> None:
+        self.data += line
+        self.sizes.append(len(line))
+
+    def next_write(self, most: int | None) -> bytes:
+        """Whole lines from the front, at most `most` bytes unless one line alone is longer."""
+        if most is None or len(self.data) <= most:
+            return bytes(self.data)
+        total = 0
+        for size in self.sizes:
+            if total and total + size > most:
+                break
+            total += size
+        return bytes(self.data[:total])
+
+    def written(self, n: int) -> int:
+        """Drop `n` written bytes; returns how many lines are now complete in the file."""
+        del self.data[:n]
+        done = 0
+        while n and self.sizes:
+            if self.sizes[0] <= n:
+                n -= self.sizes.popleft()
+                done += 1
+            else:
+                self.sizes[0] -= n
+                n = 0
+        return done
+
 
 class AccessLog:
-    def __init__(self, config: AccessLogConfig, store: Store | None) -> None:
+    def __init__(
+        self, config: AccessLogConfig, store: Store | None, clock: Callable[[], float] = time.time
+    ) -> None:
         self.config = config
         self.store = store
+        self.clock = clock
         self.file: LogFile = (
             StdoutFile() if config.path == "-" else LogFile(Path(config.path), config.rotate, config.keep)
         )
         self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(config.queue)
-        self._pending_file: list[bytes] = []
-        self._pending_store: list[dict[str, Any]] = []
+        # Records taken from the queue but not yet in a sink. Bounded like the queue, so while a sink fails the
+        # queue fills and requests wait, instead of memory growing or records being dropped.
+        self.hold_limit = max(1, config.queue)
+        self._file_lines = _Lines()
+        self._store_records: list[dict[str, Any]] = []
         self._task: asyncio.Task[None] | None = None
         self._prune_task: asyncio.Task[None] | None = None
-        self._stopping = False
+        self._closing = False
+        self._failing: dict[str, float] = {}  # sink -> when to warn again while it keeps failing
         # Metrics: a record that could not be written shows here, never silently.
         self.records = 0
         self.written_file = 0
         self.written_store = 0
-        self.write_failures = 0
-        self.waits = 0
-        self.lost = 0
+        self.write_failures = 0  # failed write attempts, each retried
+        self.waits = 0  # requests that waited for room in the queue
+        self.lost = 0  # records given up on (shutdown with a sink still down, or refused by the store)
+        self.pruned = 0
+
+    @property
+    def held(self) -> int:
+        """Records waiting for a sink (for a retry, when one is failing)."""
+        return max(len(self._file_lines), len(self._store_records))
 
     async def start(self) -> None:
         self.file.open()
@@ -135,7 +243,7 @@ class AccessLog:
         if self.store is not None and self.config.retain is not None:
             self._prune_task = asyncio.create_task(self._prune_forever(), name="access-log-prune")
 
-    def put(self, record: dict[str, Any]) -> asyncio.Future[None] | None:
+    def put(self, record: dict[str, Any]) -> Any:
         """Queue a record. Returns an awaitable when the queue is full: the caller waits for room (backpressure)."""
         self.records += 1
         try:
@@ -143,102 +251,184 @@ class AccessLog:
             return None
         except asyncio.QueueFull:
             self.waits += 1
-            return asyncio.ensure_future(self.queue.put(record))
+            # Shielded: a request cancelled while it waits (shutdown grace over) still gets its record queued.
+            return asyncio.shield(asyncio.ensure_future(self.queue.put(record)))
 
     def reopen(self) -> None:
-        self.file.reopen_requested = True
+        """SIGUSR1: an external tool renamed the file; write to a new one from now on."""
+        try:
+            self.file.open()
+        except OSError as e:
+            # The next write retries the open (the moved file is noticed there too) and reports if it fails.
+            log.warning("access log: cannot reopen %s: %s", self.file.path, e)
+        else:
+            log.info("access log: reopened %s", self.file.path)
 
     async def close(self) -> None:
         """Drain everything queued to file and store, then stop."""
-        self._stopping = True
         if self._prune_task is not None:
             self._prune_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._prune_task
-        if self._task is not None:
-            await self.queue.put({"__stop__": True})
+        self._closing = True
+        if self._task is not None and not self._task.done():
+            # The queue may be full and stay so while a sink is down: the writer gives up on its own then.
+            stop = asyncio.ensure_future(self.queue.put(_STOP))
+            await asyncio.wait({stop, self._task}, return_when=asyncio.FIRST_COMPLETED)
             await self._task
+            stop.cancel()
+        left = self.held
+        while not self.queue.empty():
+            left += self.queue.get_nowait() is not _STOP
+        if left:
+            self.lost += left
+            log.error("access log: %d records not written at shutdown", left)
         self.file.close()
 
+    # --- the writer ----------------------------------------------------------------------------------------------
+
     async def _run(self) -> None:
-        stop = False
-        give_up_at = None
-        while not (stop and not self._pending_file and not self._pending_store):
-            if not stop and not self._backlogged():
-                batch = [await self.queue.get()] if not (self._pending_file or self._pending_store) else []
-                while len(batch) < BATCH:
-                    try:
-                        batch.append(self.queue.get_nowait())
-                    except asyncio.QueueEmpty:
-                        break
-                for record in batch:
-                    if "__stop__" in record:
-                        stop = True
-                        continue
-                    ts = record["ts"]
-                    if isinstance(ts, float):
-                        record["ts"] = iso(ts)
-                    self._pending_file.append(orjson.dumps(record) + b"\n")
-                    if self.store is not None:
-                        self._pending_store.append(record)
-            ok = self._flush_file()
-            ok = await self._flush_store() and ok
+        stopping = False
+        give_up_at: float | None = None
+        while True:
+            try:
+                if not stopping and self.held < self.hold_limit:
+                    stopping = await self._take(stopping)
+                ok = self._flush_file()
+                ok = await self._flush_store() and ok
+            except Exception:
+                log.exception("access log: writer error; retrying")
+                ok = False
+            if stopping and not self.held:
+                return
             if not ok:
-                if stop:
+                if stopping or self._closing:
                     # Shutting down with a sink still failing: retry for a while, then say exactly what is lost.
                     give_up_at = give_up_at or time.monotonic() + SHUTDOWN_RETRY
                     if time.monotonic() > give_up_at:
-                        self.lost = len(self._pending_file) + len(self._pending_store)
                         log.error(
                             "access log: giving up at shutdown: %d file lines and %d store records not written",
-                            len(self._pending_file),
-                            len(self._pending_store),
+                            len(self._file_lines),
+                            len(self._store_records),
                         )
                         return
                 await asyncio.sleep(RETRY_DELAY)
 
-    def _backlogged(self) -> bool:
-        # While a sink is failing, stop taking from the queue, so the queue fills and requests wait for room.
-        return len(self._pending_file) >= BATCH * 8 or len(self._pending_store) >= BATCH * 8
+    async def _take(self, stopping: bool) -> bool:
+        """Move a batch from the queue into the sinks' buffers; waits for one record when nothing is held."""
+        room = min(BATCH, self.hold_limit - self.held)
+        batch = [] if self.held else [await self.queue.get()]
+        while len(batch) < room:
+            try:
+                batch.append(self.queue.get_nowait())
+            except asyncio.QueueEmpty:
+                break
+        for record in batch:
+            if record is _STOP:
+                stopping = True
+                continue
+            if isinstance(record["ts"], float):
+                record["ts"] = iso(record["ts"])
+            try:
+                line = encode(record)
+            except Exception as e:
+                self.lost += 1
+                log.error("access log: cannot encode request %s: %s", record.get("request_id"), e)
+                continue
+            self._file_lines.add(line)
+            if self.store is not None:
+                self._store_records.append(record)
+        return stopping
 
     def _flush_file(self) -> bool:
-        if not self._pending_file:
-            return True
-        data = b"".join(self._pending_file)
-        try:
-            self.file.write(data)
-        except OSError as e:
-            self.write_failures += len(self._pending_file)
-            log.warning(
-                "access log: cannot write %d records to %s (%s); retrying",
-                len(self._pending_file),
-                self.file.path,
-                e,
-            )
-            return False
-        self.written_file += len(self._pending_file)
-        self._pending_file.clear()
+        lines = self._file_lines
+        while lines:
+            data = lines.next_write(self.file.most_per_write)
+            try:
+                n = self.file.write(data)
+            except OSError as e:
+                self._failed("file", e)
+                return False
+            self.written_file += lines.written(n)
+            if n < len(data):
+                self._failed("file", OSError(f"short write: {n} of {len(data)} bytes"))
+                return False
+        self._recovered("file")
         return True
 
     async def _flush_store(self) -> bool:
-        if not self._pending_store or self.store is None:
+        if self.store is None:
             return True
-        batch = self._pending_store[: BATCH * 4]
-        try:
-            await self.store.insert_log(batch)
-        except Exception as e:
-            self.write_failures += len(batch)
-            log.warning("access log: cannot insert %d records into the store (%s); retrying", len(batch), e)
-            return False
-        self.written_store += len(batch)
-        del self._pending_store[: len(batch)]
+        while self._store_records:
+            batch = self._store_records[:STORE_BATCH]
+            try:
+                await self.store.insert_log(batch)
+            except REFUSED_BY_STORE:
+                await self._insert_each()
+                continue
+            except Exception as e:
+                self._failed("store", e)
+                return False
+            self.written_store += len(batch)
+            del self._store_records[: len(batch)]
+        self._recovered("store")
         return True
 
-    async def _prune_forever(self) -> None:
+    async def _insert_each(self) -> None:
+        """A batch was refused for its content: insert its records one by one, dropping only those refused."""
+        assert self.store is not None
+        for _ in range(min(STORE_BATCH, len(self._store_records))):
+            record = self._store_records[0]
+            try:
+                await self.store.insert_log([record])
+                self.written_store += 1
+            except REFUSED_BY_STORE as e:
+                self.lost += 1
+                log.error(
+                    "access log: the store refused request %s (%s); it is in the file only",
+                    record["request_id"],
+                    e,
+                )
+            del self._store_records[0]
+
+    def _failed(self, sink: str, error: BaseException) -> None:
+        self.write_failures += 1
+        now = time.monotonic()
+        if now >= self._failing.get(sink, 0.0):
+            self._failing[sink] = now + WARN_EVERY
+            where = self.file.path if sink == "file" else "store"
+            log.warning(
+                "access log: cannot write to %s (%s); holding %d records, retrying every %gs",
+                where,
+                error,
+                self.held,
+                RETRY_DELAY,
+            )
+
+    def _recovered(self, sink: str) -> None:
+        if self._failing.pop(sink, None) is not None:
+            where = self.file.path if sink == "file" else "store"
+            log.warning("access log: writing to %s again; nothing was lost", where)
+
+    # --- retention -----------------------------------------------------------------------------------------------
+
+    async def prune(self) -> int:
+        """Delete store records older than `retain`, in small transactions; returns how many went."""
         assert self.store is not None and self.config.retain is not None
+        removed = await self.store.prune_log(iso(self.clock() - self.config.retain), PRUNE_BATCH)
+        self.pruned += removed
+        return removed
+
+    async def _prune_forever(self) -> None:
         while True:
             try:
-                await self.store.prune_log(iso(time.time() - self.config.retain), PRUNE_BATCH)
+                removed = await self.prune()
+                if removed:
+                    log.info(
+                        "access log: pruned %d records older than %gs from the store",
+                        removed,
+                        self.config.retain,
+                    )
             except Exception as e:
                 log.warning("access log: pruning old records failed: %s", e)
             await asyncio.sleep(PRUNE_EVERY)

@@ -50,6 +50,7 @@ def metrics(worker: Worker) -> str:
         "gateway_upstream_connections_idle": worker.upstream.idle_count,
         "gateway_upstream_connections_in_use": worker.upstream.in_use_count,
         "gateway_access_log_queue": alog.queue.qsize(),
+        "gateway_access_log_held_records": alog.held,
     }
     counters = {
         "gateway_token_store_queries_total": worker.cache.store_queries,
@@ -59,6 +60,7 @@ def metrics(worker: Worker) -> str:
         "gateway_access_log_write_failures_total": alog.write_failures,
         "gateway_access_log_lost_total": alog.lost,
         "gateway_access_log_backpressure_waits_total": alog.waits,
+        "gateway_access_log_pruned_total": alog.pruned,
     }
     for name, value in gauges.items():
         lines += [f"# TYPE {name} gauge", f"{name} {value}"]

@@ -24,7 +24,7 @@ from multidict import CIMultiDict
 from gateway import paths, policy
 from gateway.cache import TokenCache
 from gateway.config import Config, Route
-from gateway.credentials import Found, body_kind, find
+from gateway.credentials import Found, body_kind, find, redact_query, redact_target
 from gateway.errors import REFUSALS, CredentialConflict, MalformedRequest, Refusal
 from gateway.limits import Limiter, needs_limits
 from gateway.routes import Router
@@ -161,8 +161,15 @@ class Gateway:
             if not entry["status"]:
                 entry["status"] = CLIENT_CLOSED
             raise
+        except Exception:
+            if not entry["status"]:
+                entry["status"] = 500  # what aiohttp answers for an exception that escapes the handler
+            raise
         finally:
             self.in_flight -= 1
+            if not entry["bytes_in"] and request.body_exists:
+                # A refused request's body, as far as it was read.
+                entry["bytes_in"] = request.content.total_bytes
             entry["duration_ms"] = round((time.perf_counter() - started) * 1000, 3)
             key = (entry["outcome"], entry["status"])
             self.outcomes[key] = self.outcomes.get(key, 0) + 1
@@ -176,7 +183,8 @@ class Gateway:
             target = request.raw_path
             path, query = paths.normalise(target)
         except MalformedRequest:
-            entry["path"] = target.partition("?")[0][:2048]
+            # Logged as received, but without anything a credential could hide in.
+            entry["path"], entry["query"] = redact_target(self.spec, target)
             return self._refuse(REFUSALS["malformed"], entry)
         entry["path"] = path
         route = self.router.match(path, request.method)
@@ -197,7 +205,6 @@ class Gateway:
             if length is not None and length > self.max_body:
                 raise BodyTooLarge
             body = await self._read_body(request, length) if kind is not None else None
-            entry["query"] = query  # provisional; replaced below by the redacted form
             found = find(spec, query, headers.getall("Authorization", []), content_type, body)
         except BodyTooLarge:
             entry["query"] = self._redacted(query)
@@ -215,7 +222,7 @@ class Gateway:
         ):
             entry["query"] = self._redacted(query)
             return self._refuse(REFUSALS["malformed"], entry)
-        entry["query"] = found.query if not spec.forward else self._redacted(query)
+        entry["query"] = self._redacted(found.query if not spec.forward else query)
 
         token: TokenRecord | None = None
         if found.token:
@@ -261,7 +268,7 @@ class Gateway:
         return web.Response(status=refusal.status, body=refusal.body, headers=headers)
 
     def _redacted(self, query: str) -> str:
-        return find_redacted(self.spec, query)
+        return redact_query(self.spec, query)
 
     # --- body ----------------------------------------------------------------------------------------------------
 
@@ -465,9 +472,3 @@ def _trusted(peer: str, networks: tuple) -> bool:
     except ValueError:
         return False
     return any(address in net for net in networks)
-
-
-def find_redacted(spec: Any, query: str) -> str:
-    from gateway.credentials import redact_query
-
-    return redact_query(spec, query)

@@ -137,8 +137,13 @@ class Worker:
         )
         self._tasks.append(await self.cache.start_following(CHANGE_POLL))
         self.log_store = await Store.open(cfg.store.database, cfg.store.busy_timeout)
-        self.access_log = AccessLog(cfg.access_log, self.log_store)
-        await self.access_log.start()
+        self.access_log = AccessLog(cfg.access_log, self.log_store, clock=self.clock)
+        try:
+            await self.access_log.start()
+        except OSError as e:
+            raise StartupError(
+                f"cannot open the access log {cfg.access_log.path}: {e.strerror or e}"
+            ) from None
         self.upstream = UpstreamPool(
             cfg.upstream.url,
             connect_timeout=cfg.upstream.connect_timeout,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import secrets
 import sqlite3
@@ -312,10 +313,13 @@ class Store:
             await db.execute("BEGIN IMMEDIATE")
             try:
                 result = await fn(db)
+                await db.execute("COMMIT")
             except BaseException:
-                await db.execute("ROLLBACK")
+                # A failed COMMIT (disk full) would otherwise leave the transaction open, and every later BEGIN
+                # on this connection would fail; SQLite may have rolled back already.
+                with contextlib.suppress(sqlite3.Error, ValueError):
+                    await db.execute("ROLLBACK")
                 raise
-            await db.execute("COMMIT")
             return result
 
     async def create_token(
@@ -564,6 +568,60 @@ class Store:
             )
 
         await self._write(write)
+
+    async def last_log_id(self) -> int:
+        db = await self._conn()
+        async with db.execute("SELECT COALESCE(MAX(id), 0) FROM request_log") as cur:
+            (last,) = await cur.fetchone()
+        return last
+
+    async def search_log(
+        self,
+        *,
+        token: str | None = None,
+        status: tuple[int, int] | None = None,
+        outcome: str | None = None,
+        since: str | None = None,
+        after_id: int = 0,
+        up_to_id: int | None = None,
+        limit: int = 50,
+        newest: bool = True,
+    ) -> list[dict[str, Any]]:
+        """Access-log records matching every filter given, oldest first, each with its `id`.
+
+        newest=True: the newest `limit` records (by time); newest=False: the first `limit` stored after `after_id`,
+        which is how `gateway logs --follow` tails the log. `token` is a token name or id; `status` an inclusive
+        range; `since` an ISO time as the records carry it.
+        """
+        where = ["id > ?"]
+        args: list[Any] = [after_id]
+        if up_to_id is not None:
+            where.append("id <= ?")
+            args.append(up_to_id)
+        if token is not None:
+            where.append("(token_name = ? OR token_id = ?)")
+            args += [token, token]
+        if status is not None:
+            where.append("status BETWEEN ? AND ?")
+            args += list(status)
+        if outcome is not None:
+            where.append("outcome = ?")
+            args.append(outcome)
+        if since is not None:
+            where.append("ts >= ?")
+            args.append(since)
+        order = "ts DESC, id DESC" if newest else "id"
+        db = await self._conn()
+        async with db.execute(
+            f"SELECT id, {', '.join(LOG_FIELDS)} FROM request_log WHERE {' AND '.join(where)} "
+            f"ORDER BY {order} LIMIT ?",
+            (*args, limit),
+        ) as cur:
+            rows = await cur.fetchall()
+        records = [dict(zip(("id", *LOG_FIELDS), row, strict=True)) for row in rows]
+        if newest:
+            records.reverse()
+        return records
 
     async def prune_log(self, before_ts: str, batch: int = 1000) -> int:
         """Delete records older than `before_ts` in small transactions, so writers are never blocked for long."""
