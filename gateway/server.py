@@ -141,6 +141,10 @@ class Worker:
         try:
             await self.access_log.start()
         except OSError as e:
+            for task in self._tasks:
+                task.cancel()
+            await self.store.close()
+            await self.log_store.close()
             raise StartupError(
                 f"cannot open the access log {cfg.access_log.path}: {e.strerror or e}"
             ) from None

@@ -310,13 +310,14 @@ class Store:
         """Run `fn(db)` in one IMMEDIATE transaction, rolled back on any error."""
         async with self._lock:
             db = await self._conn()
-            await db.execute("BEGIN IMMEDIATE")
             try:
+                await db.execute("BEGIN IMMEDIATE")
                 result = await fn(db)
                 await db.execute("COMMIT")
             except BaseException:
-                # A failed COMMIT (disk full) would otherwise leave the transaction open, and every later BEGIN
-                # on this connection would fail; SQLite may have rolled back already.
+                # Whatever happened (a cancelled BEGIN that still ran in aiosqlite's thread, a failed COMMIT on a
+                # full disk), no transaction may stay open: every later BEGIN on this connection would fail.
+                # SQLite may have rolled back already, or never begun.
                 with contextlib.suppress(sqlite3.Error, ValueError):
                     await db.execute("ROLLBACK")
                 raise

@@ -373,8 +373,15 @@ class Process:
 
 
 def write_config(
-    tmp: Path, upstream_url: str, extra: str = "", *, workers: int = 1, text: str = BASE_CONFIG
+    tmp: Path,
+    upstream_url: str,
+    extra: str = "",
+    *,
+    workers: int = 1,
+    text: str = BASE_CONFIG,
+    access_log: str = "",
 ) -> tuple[Path, int, int]:
+    """`extra` is TOML appended at the end; `access_log` more keys of the [access_log] table."""
     port, admin_port = free_port(), free_port()
     body = text.replace('listen = "127.0.0.1:0"', 'listen = "__LISTEN__"', 1)
     body = body.replace('[admin]\nlisten = "127.0.0.1:0"', f'[admin]\nlisten = "127.0.0.1:{admin_port}"')
@@ -387,6 +394,7 @@ database = "{tmp / "gateway.db"}"
 
 [access_log]
 path = "{tmp / "access.jsonl"}"
+{access_log}
 
 [upstream]
 url = "{upstream_url}"
@@ -400,9 +408,15 @@ timeout = "5s"
 
 
 async def spawn_gateway(
-    tmp: Path, upstream_url: str, extra: str = "", *, workers: int = 1, env: dict[str, str] | None = None
+    tmp: Path,
+    upstream_url: str,
+    extra: str = "",
+    *,
+    workers: int = 1,
+    env: dict[str, str] | None = None,
+    access_log: str = "",
 ) -> Process:
-    path, port, admin_port = write_config(tmp, upstream_url, extra, workers=workers)
+    path, port, admin_port = write_config(tmp, upstream_url, extra, workers=workers, access_log=access_log)
     proc = subprocess.Popen(
         [sys.executable, "-m", "gateway", "serve", "--config", str(path)],
         env={**os.environ, **(env or {})},
