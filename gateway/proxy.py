@@ -167,8 +167,8 @@ class Gateway:
             raise
         finally:
             self.in_flight -= 1
-            if not entry["bytes_in"] and request.body_exists:
-                # A refused request's body, as far as it was read.
+            if request.body_exists:
+                # Body bytes received from the client (a refused request's as far as they were read).
                 entry["bytes_in"] = request.content.total_bytes
             entry["duration_ms"] = round((time.perf_counter() - started) * 1000, 3)
             key = (entry["outcome"], entry["status"])
@@ -335,7 +335,6 @@ class Gateway:
         if body is not None:
             payload: bytes | AsyncIterator[bytes] | None = found.body
             body_length = len(found.body) if found.body is not None else None
-            entry["bytes_in"] = body_length or 0
         elif request.body_exists:
             payload = self._stream_body(request, length)
             body_length = length
@@ -359,8 +358,6 @@ class Gateway:
             return await self._relay(request, upstream, entry, upstream_started, extra)
         finally:
             upstream.release()
-            if payload is not None and body is None:
-                entry["bytes_in"] = request.content.total_bytes
 
     def _upstream_failed(self, refusal: Refusal, entry: dict[str, Any], started: float) -> web.Response:
         entry["upstream_ms"] = round((time.perf_counter() - started) * 1000, 3)

@@ -260,6 +260,10 @@ async def test_no_secret_reaches_the_file_or_the_store(start_gateway, upstream):
         "malformed": 8,
         "missing": 1,
     }
+    # bytes_in counts what the client sent, refused or not, before the credential was taken out.
+    bodies = sorted(len(body) for method, target, _, body, status in sent if status == 200)
+    assert sorted(r["bytes_in"] for r in records if r["outcome"] == "allowed") == bodies
+    assert sorted(r["bytes_in"] for r in records if r["outcome"] == "forbidden") == bodies
     # The other parameters stay, on every kind of request (the one with a fragment had none).
     assert [(r["path"], r["query"]) for r in records if r["query"] != "list_id=5"] == [("/v1/leads/x", "")]
     assert {r["path"] for r in records if r["outcome"] == "malformed"} >= {
@@ -495,6 +499,15 @@ async def test_a_full_queue_makes_requests_wait_rather_than_lose_records(start_g
     await wait_until(lambda: store_count(tmp_path / "gateway.db") == 20)
     assert len(read_lines(tmp_path / "access.jsonl")) == 20
     assert alog.lost == 0
+
+
+async def test_path_dash_writes_whole_lines_to_stdout(start_gateway, capfd):
+    gw = await start_gateway({"access_log": {"path": "-"}})
+    for i in range(50):
+        assert (await gw.get(f"/v1/leads/search?auth_token={READER}&i={i}")).status == 200
+    await wait_until(lambda: gw.worker.access_log.written_file == 50)
+    lines = capfd.readouterr().out.splitlines()
+    assert [orjson.loads(line)["query"] for line in lines] == [f"i={i}" for i in range(50)]
 
 
 # --- the writer on its own ----------------------------------------------------------------------------------------
