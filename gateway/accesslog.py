@@ -251,8 +251,9 @@ class AccessLog:
             return None
         except asyncio.QueueFull:
             self.waits += 1
-            # Shielded: a request cancelled while it waits (shutdown grace over) still gets its record queued.
-            return asyncio.shield(asyncio.ensure_future(self.queue.put(record)))
+            # A task of its own, so that the caller can shield it: a request cancelled while it waits (client
+            # gone, shutdown grace over) still gets its record queued.
+            return asyncio.ensure_future(self.queue.put(record))
 
     def reopen(self) -> None:
         """SIGUSR1: an external tool renamed the file; write to a new one from now on."""
