@@ -87,6 +87,7 @@ class LogFile:
         self.keep = keep
         self.fd = -1
         self._id = (-1, -1)
+        self._rotate_after = 0.0  # after a failed rotation, when to try again
 
     @property
     def most_per_write(self) -> int | None:
@@ -118,10 +119,20 @@ class LogFile:
         """Append whole lines with one write() call; returns the bytes written (short only on a failing disk)."""
         if self.fd < 0 or self._moved():
             self.open()
-        if self.rotate is not None:
+        if self.rotate is not None and time.monotonic() >= self._rotate_after:
             size = os.fstat(self.fd).st_size
             if size and size + len(data) > self.rotate:
-                self._rotate()
+                try:
+                    self._rotate()
+                except OSError as e:
+                    # A file that cannot be rotated is still a file that can be written: never hold records for it.
+                    self._rotate_after = time.monotonic() + WARN_EVERY
+                    log.warning(
+                        "access log: cannot rotate %s (%s); writing on to it, trying again in %gs",
+                        self.path,
+                        e,
+                        WARN_EVERY,
+                    )
         return _write_all(self.fd, data)
 
     def _rotate(self) -> None:

@@ -471,6 +471,18 @@ async def test_unwritable_log_folder_counts_warns_and_catches_up_without_loss(
     assert alog.lost == 0
 
 
+async def test_a_file_that_cannot_be_rotated_is_written_on(start_gateway, tmp_path, caplog):
+    caplog.set_level(logging.WARNING, "gateway.accesslog")
+    (tmp_path / "access.jsonl.1").mkdir()  # in the way of the rotated file
+    (tmp_path / "access.jsonl.1" / "keep").write_text("")
+    gw = await start_gateway({"access_log": {"rotate": "1KB", "keep": 1}})
+    for _ in range(20):
+        assert (await gw.get("/v1/leads/search")).status == 401
+    await wait_until(lambda: gw.worker.access_log.written_file == 20)
+    assert len(read_lines(tmp_path / "access.jsonl")) == 20
+    assert sum("cannot rotate" in m for m in caplog.messages) == 1
+
+
 async def test_a_full_queue_makes_requests_wait_rather_than_lose_records(start_gateway, tmp_path):
     gw = await start_gateway({"access_log": {"queue": 1}, "store": {"busy_timeout": "100ms"}})
     alog = gw.worker.access_log
