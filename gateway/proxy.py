@@ -133,14 +133,13 @@ class Gateway:
 
     # --- the pipeline ------------------------------------------------------------------------------------------
 
-    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        started = time.perf_counter()
-        self.in_flight += 1
-        entry: dict[str, Any] = {
+    def new_entry(self, client_ip: str | None, method: str | None) -> dict[str, Any]:
+        """A fresh access-log record for one request; `log` hands it to the writer once the answer is known."""
+        return {
             "ts": self.clock(),
             "request_id": self._request_id(),
-            "client_ip": _peer_ip(request),
-            "method": request.method,
+            "client_ip": client_ip,
+            "method": method,
             "path": None,
             "query": None,
             "route": None,
@@ -154,6 +153,20 @@ class Gateway:
             "bytes_in": 0,
             "bytes_out": 0,
         }
+
+    async def log(self, entry: dict[str, Any], started: float) -> None:
+        entry["duration_ms"] = round((time.perf_counter() - started) * 1000, 3)
+        key = (entry["outcome"], entry["status"])
+        self.outcomes[key] = self.outcomes.get(key, 0) + 1
+        wait = self.access_log.put(entry)
+        if wait is not None:
+            # Shielded: a request cancelled while the log queue is full still leaves its one record.
+            await asyncio.shield(wait)
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        started = time.perf_counter()
+        self.in_flight += 1
+        entry = self.new_entry(_peer_ip(request), request.method)
         try:
             return await self._handle(request, entry)
         except asyncio.CancelledError:
@@ -170,13 +183,23 @@ class Gateway:
             if request.body_exists:
                 # Body bytes received from the client (a refused request's as far as they were read).
                 entry["bytes_in"] = request.content.total_bytes
-            entry["duration_ms"] = round((time.perf_counter() - started) * 1000, 3)
-            key = (entry["outcome"], entry["status"])
-            self.outcomes[key] = self.outcomes.get(key, 0) + 1
-            wait = self.access_log.put(entry)
-            if wait is not None:
-                # Shielded: a request cancelled while the log queue is full still leaves its one record.
-                await asyncio.shield(wait)
+            await self.log(entry, started)
+
+    async def refuse_unparsed(
+        self, client_ip: str | None, method: str | None, target: str | None
+    ) -> web.Response:
+        """Answer and log a request that aiohttp's parser refused before `handle` could see it.
+
+        `target` is the raw request-target when it could be read; it is logged like any malformed target.
+        """
+        started = time.perf_counter()
+        entry = self.new_entry(client_ip, method)
+        if target is not None:
+            entry["path"], entry["query"] = redact_target(self.spec, target)
+        response = self._refuse(REFUSALS["malformed"], entry)
+        response.force_close()
+        await self.log(entry, started)
+        return response
 
     async def _handle(self, request: web.BaseRequest, entry: dict[str, Any]) -> web.StreamResponse:
         try:

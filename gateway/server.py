@@ -28,6 +28,7 @@ from gateway.config import Config, ConfigError
 from gateway.limits import Limiter
 from gateway.limits_local import LocalLimiter
 from gateway.limits_redis import RedisLimiter, lease_ttl_for
+from gateway.protocol import GatewayServer, StartupRefused, require_c_parser
 from gateway.proxy import Gateway
 from gateway.store import Store, StoreConflict
 from gateway.upstream import UpstreamPool
@@ -119,6 +120,10 @@ class Worker:
     async def start(self) -> None:
         cfg = self.config
         try:
+            require_c_parser()
+        except StartupRefused as e:
+            raise StartupError(str(e)) from None
+        try:
             self.store = await Store.open(cfg.store.database, cfg.store.busy_timeout)
         except Exception as e:
             raise StartupError(f"cannot open the store {cfg.store.database}: {e}") from None
@@ -164,17 +169,13 @@ class Worker:
             limiter=self.limiter,
             clock=self.clock,
         )
-        server = web.Server(
-            self.gateway.handle,
+        self.http_server = server = GatewayServer(
+            self.gateway,
+            cfg.server,
             # A client that leaves cancels its handler: its concurrency slot and upstream connection are given
             # back at once instead of when a slow upstream finally answers (proxy.Gateway.handle still logs it).
             handler_cancellation=True,
             auto_decompress=False,  # the gateway decides what to do with encoded bodies; see proxy._read_body
-            access_log=None,
-            keepalive_timeout=cfg.server.keepalive_timeout,
-            max_line_size=cfg.server.max_url,
-            max_field_size=cfg.server.max_header_size,
-            max_headers=cfg.server.max_headers,
         )
         self._runner = web.ServerRunner(
             server, handle_signals=False, shutdown_timeout=cfg.server.shutdown_grace
@@ -235,6 +236,7 @@ class Worker:
             return
         self.config = new
         self.gateway.apply(new)
+        self.http_server.apply(new.server)
         log.info("configuration reloaded from %s", source)
 
     async def stop(self) -> None:
@@ -289,6 +291,10 @@ def run_worker(config: Config, **kwargs: Any) -> None:
 
 def serve(config: Config) -> int:
     """`gateway serve`: one process, or a master that forks and supervises N workers."""
+    try:
+        require_c_parser()  # before forking: a master would otherwise restart refusing workers for ever
+    except StartupRefused as e:
+        raise StartupError(str(e)) from None
     workers = config.server.workers or os.cpu_count() or 1
     if workers == 1:
         run_worker(config)

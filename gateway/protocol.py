@@ -1,0 +1,224 @@
+"""The HTTP/1.1 connection layer in front of the pipeline: aiohttp's strict C parser plus the limits it lacks.
+
+Requests the parser refuses get the contract's JSON 400 and one access-log record; a request head must arrive
+within `header_timeout`; a worker holds at most `max_connections` client connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web, web_protocol
+from aiohttp.http import HttpVersion11
+from aiohttp.streams import StreamReader
+
+if TYPE_CHECKING:
+    from gateway.config import ServerConfig
+    from gateway.proxy import Gateway
+
+log = logging.getLogger("gateway.protocol")
+
+# What a parser error is answered as: HTTP/1.1 (aiohttp's placeholder says 1.0) and no keep-alive.
+_UNPARSED = web_protocol.ERROR._replace(version=HttpVersion11, should_close=True)
+# Enough of a connection's first bytes to name the request line of a request the parser refused.
+_SAMPLE = 2048
+_REQUEST_LINE = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]{1,20}) ([^ \r\n]{1,2048}) HTTP/")
+_TIMER_SLACK = 0.001
+
+
+class StartupRefused(Exception):
+    """The gateway will not serve in this environment."""
+
+
+def require_c_parser() -> None:
+    """Refuse to start on aiohttp's lenient pure-Python parser (AIOHTTP_NO_EXTENSIONS=1, or no compiled wheel).
+
+    Framing is the one place where two parsers disagreeing lets a request past the gateway unseen; the security
+    tests prove the C parser (llhttp), so that is the only one the gateway runs.
+    """
+    parser = web_protocol.HttpRequestParser
+    if parser.__module__ != "aiohttp._http_parser":
+        raise StartupRefused(
+            "aiohttp's C HTTP parser is not in use (AIOHTTP_NO_EXTENSIONS is set, or aiohttp was installed "
+            "without its compiled extensions); refusing to parse requests with the pure-Python parser"
+        )
+
+
+class GatewayServer(web.Server):
+    """aiohttp's low-level server with our connection protocol and per-worker connection accounting."""
+
+    def __init__(
+        self, gateway: Gateway, server: ServerConfig, *, handler_cancellation: bool = False, **kwargs: Any
+    ) -> None:
+        super().__init__(
+            gateway.handle,
+            handler_cancellation=handler_cancellation,
+            access_log=None,
+            keepalive_timeout=server.keepalive_timeout,
+            max_line_size=server.max_url,
+            max_field_size=server.max_header_size,
+            max_headers=server.max_headers,
+            **kwargs,
+        )
+        self.gateway = gateway
+        self.header_timeout = server.header_timeout
+        self.max_connections = server.max_connections
+        self.open_connections = 0
+        # For /metrics: connections closed for being too slow with a request head, or refused at the limit.
+        self.header_timeouts = 0
+        self.refused_connections = 0
+        self.unparsed_requests = 0
+
+    def apply(self, server: ServerConfig) -> None:
+        """A reload's limits, for connections accepted from now on (and head deadlines armed from now on)."""
+        self.header_timeout = server.header_timeout
+        self.max_connections = server.max_connections
+        self._kwargs.update(
+            keepalive_timeout=server.keepalive_timeout,
+            max_line_size=server.max_url,
+            max_field_size=server.max_header_size,
+            max_headers=server.max_headers,
+        )
+
+    def __call__(self) -> GatewayProtocol:
+        return GatewayProtocol(self, loop=self._loop, **self._kwargs)
+
+    def _make_request(
+        self,
+        message: Any,
+        payload: StreamReader,
+        protocol: web_protocol.RequestHandler,
+        writer: Any,
+        task: asyncio.Task[None],
+    ) -> web.BaseRequest:
+        if message is web_protocol.ERROR:
+            message = _UNPARSED
+        return web.BaseRequest(message, payload, protocol, writer, task, self._loop)
+
+
+class GatewayProtocol(web_protocol.RequestHandler):
+    """One client connection: a deadline on each request head, a cap on connections, JSON for parser errors."""
+
+    def __init__(self, manager: GatewayServer, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._gateway_server = manager
+        self._counted = False
+        # Loop time by which the request head being received must be complete; None while none is expected
+        # (a body is arriving, or the connection is idle between requests under the keep-alive timeout).
+        self._head_deadline: float | None = None
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._body: StreamReader | None = None  # the newest request's body while it is still arriving
+        self._first_bytes: bytes | None = None
+
+    # --- connection accounting ---------------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        server = self._gateway_server
+        if server.open_connections >= server.max_connections:
+            # Over the limit: close before a request is read, so the worker's memory and fds stay bounded.
+            server.refused_connections += 1
+            transport.close()
+            return
+        server.open_connections += 1
+        self._counted = True
+        super().connection_made(transport)
+        # A new connection owes its first request head within header_timeout, like nginx's client_header_timeout.
+        self._expect_head()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._counted:
+            self._counted = False
+            self._gateway_server.open_connections -= 1
+        self._head_deadline = None
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        super().connection_lost(exc)
+
+    # --- the header-read deadline ------------------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        if self._first_bytes is None:
+            self._first_bytes = data[:_SAMPLE]
+        if self._head_deadline is None and data:
+            body = self._body
+            if body is None or body.is_eof():
+                # Between requests: these bytes begin the next request head.
+                self._body = None
+                self._expect_head()
+        count = self._request_count
+        super().data_received(data)
+        if self._request_count != count:
+            # A head (or several pipelined ones) completed. If all of the newest one's body is in too, bytes of a
+            # further head that came in this same chunk start its deadline with the next chunk.
+            self._head_deadline = None
+            payload = self._messages[-1][1] if self._messages else None
+            self._body = payload if payload is not None and not payload.is_eof() else None
+
+    def _expect_head(self) -> None:
+        timeout = self._gateway_server.header_timeout
+        if timeout <= 0 or self.transport is None:
+            return
+        deadline = self._head_deadline = self._loop.time() + timeout
+        if self._head_timer is None:
+            self._head_timer = self._loop.call_at(deadline, self._on_head_timer)
+
+    def _on_head_timer(self) -> None:
+        self._head_timer = None
+        deadline = self._head_deadline
+        if deadline is None or self.transport is None or self._force_close:
+            return
+        now = self._loop.time()
+        if now + _TIMER_SLACK < deadline:
+            self._head_timer = self._loop.call_at(deadline, self._on_head_timer)
+            return
+        if self._request_in_progress or self._reading_paused or self._buffer_paused:
+            # We are the slow one (a request still being answered, or reading paused for pipelined requests
+            # queued behind it): the client's clock starts again when we are ready for it.
+            self._head_deadline = now + self._gateway_server.header_timeout
+            self._head_timer = self._loop.call_at(self._head_deadline, self._on_head_timer)
+            return
+        # No 408: a client this slow is either gone or attacking, and the contract has no body for it.
+        self._gateway_server.header_timeouts += 1
+        self.force_close()
+
+    # --- requests the parser refused ---------------------------------------------------------------------------
+
+    def _make_error_handler(
+        self, err_info: Any
+    ) -> Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]:
+        async def refuse(request: web.BaseRequest) -> web.StreamResponse:
+            server = self._gateway_server
+            server.unparsed_requests += 1
+            # Only the exception's class: its message quotes raw request bytes, which may carry a token.
+            log.debug("refused a request the HTTP parser could not read: %s", type(err_info.exc).__name__)
+            method, target = self._refused_request_line()
+            peer = self.peername
+            client_ip = peer[0] if isinstance(peer, tuple) else None
+            return await server.gateway.refuse_unparsed(client_ip, method, target)
+
+        return refuse
+
+    def _refused_request_line(self) -> tuple[str | None, str | None]:
+        """Method and target of the refused request when it is the connection's first (never a guess)."""
+        if self._request_count != 1 or not self._first_bytes:
+            return None, None
+        line = _REQUEST_LINE.match(self._first_bytes)
+        if line is None:
+            return None, None
+        return line[1].decode("ascii"), line[2].decode("ascii", "backslashreplace")
+
+    async def finish_response(
+        self, request: web.BaseRequest, resp: web.StreamResponse, start_time: float | None
+    ) -> tuple[web.StreamResponse, bool]:
+        result = await super().finish_response(request, resp, start_time)
+        payload = request.content
+        if payload.exception() is not None and not payload.is_eof():
+            # The body broke the framing (a bad chunk, a short body): whatever follows cannot be trusted to be
+            # a new request, so the connection ends with this answer.
+            self.force_close()
+        return result
