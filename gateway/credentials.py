@@ -52,8 +52,15 @@ _MEDIA_TYPE_END = re.compile(r"[;, \t]")
 
 
 def body_kind(spec: CredentialSpec, content_type: str | None) -> BodyKind:
-    """Which kind of body must be buffered and read for the credential; None means stream it unread."""
-    if spec.body_field is None or not content_type:
+    """Which kind of body must be read for the credential; None means it holds none."""
+    if spec.body_field is None:
+        return None
+    return media_kind(content_type)
+
+
+def media_kind(content_type: str | None) -> BodyKind:
+    """Which kind of parameter-carrying body this is (and so must be buffered and read); None: stream it unread."""
+    if not content_type:
         return None
     media_type = content_type.strip()
     end = _MEDIA_TYPE_END.search(media_type)
@@ -131,6 +138,32 @@ def _scan_body(
     # No probe for multipart: finding the delimiters costs less than searching the body for every spelling of
     # the name (backslash escapes included), and every multipart body is then held to the same rules.
     return _scan_multipart(body, content_type, name, strip)
+
+
+# Frameworks (Laravel, Symfony, Rails) take a `_method` parameter as the request's real method.
+METHOD_OVERRIDE = "_method"
+
+
+def without_method_override(found: Found, content_type: str | None) -> Found:
+    """`found` with every `_method` parameter (any spelling PHP files under it) removed from query and body.
+
+    The permission was decided on the method the gateway saw, so no parameter may change it behind our back.
+    """
+    name = _name(METHOD_OVERRIDE)
+    query = found.query
+    if query and ("%" in query or name.probe.search(query.lower())):
+        _, stripped = _scan_form(query, name, True)
+        if stripped is not None:
+            query = stripped
+    body = found.body
+    kind = media_kind(content_type)
+    if kind is not None and body:
+        _, stripped_body = _scan_body(kind, name, content_type or "", body, True)
+        if stripped_body is not None:
+            body = stripped_body
+    if query is found.query and body is found.body:
+        return found
+    return Found(found.token, query, body, found.strip_authorization)
 
 
 def redact_query(spec: CredentialSpec, query: str) -> str:

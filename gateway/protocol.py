@@ -13,8 +13,9 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web, web_protocol
-from aiohttp.http import HttpVersion11
-from aiohttp.streams import StreamReader
+from aiohttp.http import HttpVersion10, HttpVersion11
+from aiohttp.http_exceptions import BadHttpMessage
+from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 
 if TYPE_CHECKING:
     from gateway.config import ServerConfig
@@ -28,6 +29,8 @@ _UNPARSED = web_protocol.ERROR._replace(version=HttpVersion11, should_close=True
 _SAMPLE = 2048
 _REQUEST_LINE = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]{1,20}) ([^ \r\n]{1,2048}) HTTP/")
 _TIMER_SLACK = 0.001
+# llhttp also reads HTTP/0.9-style request lines and any 1.x or 2.x version; the gateway speaks 1.0 and 1.1 only.
+_VERSIONS = frozenset({HttpVersion10, HttpVersion11})
 
 
 class StartupRefused(Exception):
@@ -153,11 +156,20 @@ class GatewayProtocol(web_protocol.RequestHandler):
         count = self._request_count
         super().data_received(data)
         if self._request_count != count:
+            self._refuse_versions(self._request_count - count)
             # A head (or several pipelined ones) completed. If all of the newest one's body is in too, bytes of a
             # further head that came in this same chunk start its deadline with the next chunk.
             self._head_deadline = None
             payload = self._messages[-1][1] if self._messages else None
             self._body = payload if payload is not None and not payload.is_eof() else None
+
+    def _refuse_versions(self, new: int) -> None:
+        messages = self._messages
+        for index in range(max(0, len(messages) - new), len(messages)):
+            message = messages[index][0]
+            if not isinstance(message, web_protocol._ErrInfo) and message.version not in _VERSIONS:
+                error = BadHttpMessage(f"unsupported HTTP version {message.version}")
+                messages[index] = (web_protocol._ErrInfo(400, error, error.message), EMPTY_PAYLOAD)
 
     def _expect_head(self) -> None:
         timeout = self._gateway_server.header_timeout

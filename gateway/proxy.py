@@ -24,7 +24,7 @@ from multidict import CIMultiDict
 from gateway import paths, policy
 from gateway.cache import TokenCache
 from gateway.config import Config, Route
-from gateway.credentials import Found, body_kind, find, redact_query, redact_target
+from gateway.credentials import Found, find, media_kind, redact_query, redact_target, without_method_override
 from gateway.errors import REFUSALS, CredentialConflict, MalformedRequest, Refusal
 from gateway.limits import Limiter, needs_limits
 from gateway.routes import Router
@@ -218,7 +218,7 @@ class Gateway:
         spec = self.spec
         headers = request.headers
         content_type = headers.get("Content-Type")
-        kind = body_kind(spec, content_type) if request.body_exists else None
+        kind = media_kind(content_type) if request.body_exists else None
         try:
             if content_type is not None and len(headers.getall("Content-Type")) > 1:
                 raise MalformedRequest(
@@ -229,6 +229,7 @@ class Gateway:
                 raise BodyTooLarge
             body = await self._read_body(request, length) if kind is not None else None
             found = find(spec, query, headers.getall("Authorization", []), content_type, body)
+            found = without_method_override(found, content_type)
         except BodyTooLarge:
             entry["query"] = self._redacted(query)
             return self._refuse(REFUSALS["too_large"], entry)

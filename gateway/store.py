@@ -10,9 +10,11 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import os
 import secrets
 import sqlite3
 import time
+import urllib.parse
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -187,6 +189,11 @@ class Store:
         self.busy_timeout = busy_timeout
         self._db: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
+        self._connect_lock = asyncio.Lock()
+        # (device, inode) of the file the connection has open. SQLite keeps reading a deleted or replaced file
+        # through its open descriptor, so every use checks that the path still names that file.
+        self._identity: tuple[int, int] | None = None
+        self._opened = False
 
     # --- lifecycle ---------------------------------------------------------------------------------------------
 
@@ -197,9 +204,18 @@ class Store:
         return store
 
     async def _connect(self) -> aiosqlite.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = await aiosqlite.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
+        if self._opened:
+            # Reconnecting after a failure: a missing file must stay an outage (503), never become an empty store
+            # in which every token is unknown.
+            uri = "file:" + urllib.parse.quote(str(self.path.absolute())) + "?mode=rw"
+            db = await aiosqlite.connect(uri, uri=True, timeout=self.busy_timeout, isolation_level=None)
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = await aiosqlite.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
         try:
+            identity = _file_identity(self.path)
+            if identity is None:
+                raise sqlite3.OperationalError(f"{self.path} vanished while opening it")
             await db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
             await db.execute("PRAGMA journal_mode = WAL")
             await db.execute("PRAGMA synchronous = NORMAL")
@@ -209,6 +225,8 @@ class Store:
             await db.close()
             raise
         self._db = db
+        self._identity = identity
+        self._opened = True
         return db
 
     @staticmethod
@@ -237,10 +255,39 @@ class Store:
             await db.close()
 
     async def _conn(self) -> aiosqlite.Connection:
+        if self._db is not None and self._file_problem() is not None:
+            await self._broken()  # and reconnect: the path may name a restored store by now
         if self._db is None:
-            await self._connect()
-        assert self._db is not None
-        return self._db
+            async with self._connect_lock:
+                if self._db is None:
+                    await self._connect()
+                    problem = self._file_problem()
+                    if problem is not None:
+                        await self._broken()
+                        raise sqlite3.OperationalError(problem)
+        db = self._db
+        if db is None:  # dropped by a concurrent failure
+            raise sqlite3.OperationalError("the store connection was dropped")
+        return db
+
+    def _file_problem(self) -> str | None:
+        """Why the open connection no longer reads the store at `path` (deleted, replaced, overwritten), if so.
+
+        A stat and a 16-byte read: cheap next to a query, and only paid on cache misses and writes.
+        """
+        identity = _file_identity(self.path)
+        if identity is None:
+            return f"{self.path} is gone"
+        if identity != self._identity:
+            return f"{self.path} was replaced"
+        try:
+            with open(self.path, "rb") as f:
+                header = f.read(16)
+        except OSError as e:
+            return f"cannot read {self.path}: {e.strerror}"
+        if header != SQLITE_HEADER:
+            return f"{self.path} is not an SQLite database (overwritten?)"
+        return None
 
     async def _broken(self) -> None:
         """Drop a connection that failed, so the next call reconnects (the store may have come back)."""
@@ -263,7 +310,7 @@ class Store:
                 (digest,),
             ) as cur:
                 row = await cur.fetchone()
-        except (sqlite3.Error, OSError, ValueError) as e:
+        except Exception as e:  # whatever went wrong, the answer is "unavailable": fail closed
             await self._broken()
             raise StoreUnavailable(str(e)) from e
         if row is None:
@@ -695,6 +742,17 @@ _STATUS_WHERE = {
 
 def _view(row: Sequence[Any]) -> TokenView:
     return TokenView(_record(row[:-2]), row[-2], row[-1])
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _conflict_message(error: str, name: str) -> str:
