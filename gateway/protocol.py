@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("gateway.protocol")
 
 # What a parser error is answered as: HTTP/1.1 (aiohttp's placeholder says 1.0) and no keep-alive.
+_ErrInfo = web_protocol._ErrInfo
 _UNPARSED = web_protocol.ERROR._replace(version=HttpVersion11, should_close=True)
 # Enough of a connection's first bytes to name the request line of a request the parser refused.
 _SAMPLE = 2048
@@ -153,10 +154,15 @@ class GatewayProtocol(web_protocol.RequestHandler):
                 # Between requests: these bytes begin the next request head.
                 self._body = None
                 self._expect_head()
+        body = self._body
         count = self._request_count
         super().data_received(data)
         if self._request_count != count:
             self._refuse_versions(self._request_count - count)
+            if body is not None and not body.is_eof() and isinstance(self._messages[-1][0], _ErrInfo):
+                # The parser gave up inside a body (a bad chunk) and queued an error behind the request that owns
+                # it; that request's handler would otherwise wait out body_timeout for bytes that never come.
+                body.set_exception(BadHttpMessage("the request body's framing is broken"))
             # A head (or several pipelined ones) completed. If all of the newest one's body is in too, bytes of a
             # further head that came in this same chunk start its deadline with the next chunk.
             self._head_deadline = None
@@ -167,9 +173,9 @@ class GatewayProtocol(web_protocol.RequestHandler):
         messages = self._messages
         for index in range(max(0, len(messages) - new), len(messages)):
             message = messages[index][0]
-            if not isinstance(message, web_protocol._ErrInfo) and message.version not in _VERSIONS:
+            if not isinstance(message, _ErrInfo) and message.version not in _VERSIONS:
                 error = BadHttpMessage(f"unsupported HTTP version {message.version}")
-                messages[index] = (web_protocol._ErrInfo(400, error, error.message), EMPTY_PAYLOAD)
+                messages[index] = (_ErrInfo(400, error, error.message), EMPTY_PAYLOAD)
 
     def _expect_head(self) -> None:
         timeout = self._gateway_server.header_timeout
@@ -227,10 +233,13 @@ class GatewayProtocol(web_protocol.RequestHandler):
     async def finish_response(
         self, request: web.BaseRequest, resp: web.StreamResponse, start_time: float | None
     ) -> tuple[web.StreamResponse, bool]:
-        result = await super().finish_response(request, resp, start_time)
         payload = request.content
-        if payload.exception() is not None and not payload.is_eof():
-            # The body broke the framing (a bad chunk, a short body): whatever follows cannot be trusted to be
-            # a new request, so the connection ends with this answer.
+        # The body broke the framing (a bad chunk, a short body): whatever follows cannot be trusted to be a new
+        # request, so the connection ends with this answer.
+        broken = payload.exception() is not None and not payload.is_eof()
+        if broken and not resp.prepared:
+            resp.force_close()
+        result = await super().finish_response(request, resp, start_time)
+        if broken:
             self.force_close()
         return result
