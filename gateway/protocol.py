@@ -66,6 +66,9 @@ class GatewayServer(web.Server):
             max_line_size=server.max_url,
             max_field_size=server.max_header_size,
             max_headers=server.max_headers,
+            # How long a body still in transit after a refusal is read and discarded before closing: a client
+            # pausing longer than body_timeout is not sending it anyway.
+            lingering_time=min(10.0, server.body_timeout),
             **kwargs,
         )
         self.gateway = gateway
@@ -86,6 +89,7 @@ class GatewayServer(web.Server):
             max_line_size=server.max_url,
             max_field_size=server.max_header_size,
             max_headers=server.max_headers,
+            lingering_time=min(10.0, server.body_timeout),
         )
 
     def __call__(self) -> GatewayProtocol:
@@ -237,7 +241,9 @@ class GatewayProtocol(web_protocol.RequestHandler):
         # The body broke the framing (a bad chunk, a short body): whatever follows cannot be trusted to be a new
         # request, so the connection ends with this answer.
         broken = payload.exception() is not None and not payload.is_eof()
-        if broken and not resp.prepared:
+        if not resp.prepared and (broken or (resp.status >= 400 and not payload.is_eof())):
+            # A refusal before the whole body came in (too large, too slow, unauthorised upload): aiohttp
+            # discards what is still in transit (for at most the lingering time), then the connection ends.
             resp.force_close()
         result = await super().finish_response(request, resp, start_time)
         if broken:
