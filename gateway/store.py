@@ -206,7 +206,10 @@ class Store:
     async def _connect(self) -> aiosqlite.Connection:
         if self._opened:
             # Reconnecting after a failure: a missing file must stay an outage (503), never become an empty store
-            # in which every token is unknown.
+            # in which every token is unknown. (Checked first also because a failed aiosqlite connect leaves its
+            # thread to report back later, possibly to a closed loop.)
+            if not self.path.is_file():
+                raise sqlite3.OperationalError(f"unable to open the store: {self.path} is not a file")
             uri = "file:" + urllib.parse.quote(str(self.path.absolute())) + "?mode=rw"
             db = await aiosqlite.connect(uri, uri=True, timeout=self.busy_timeout, isolation_level=None)
         else:
