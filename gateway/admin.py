@@ -51,6 +51,7 @@ def metrics(worker: Worker) -> str:
         "gateway_upstream_connections_in_use": worker.upstream.in_use_count,
         "gateway_access_log_queue": alog.queue.qsize(),
         "gateway_access_log_held_records": alog.held,
+        "gateway_client_connections_open": worker.http_server.open_connections,
     }
     counters = {
         "gateway_token_store_queries_total": worker.cache.store_queries,
@@ -61,6 +62,10 @@ def metrics(worker: Worker) -> str:
         "gateway_access_log_lost_total": alog.lost,
         "gateway_access_log_backpressure_waits_total": alog.waits,
         "gateway_access_log_pruned_total": alog.pruned,
+        # Connections closed for a request head slower than header_timeout, or refused over max_connections.
+        "gateway_client_header_timeouts_total": worker.http_server.header_timeouts,
+        "gateway_client_connections_refused_total": worker.http_server.refused_connections,
+        "gateway_unparsed_requests_total": worker.http_server.unparsed_requests,
     }
     for name, value in gauges.items():
         lines += [f"# TYPE {name} gauge", f"{name} {value}"]

@@ -58,7 +58,12 @@ class StartupError(Exception):
     """The gateway cannot start (port taken, store unreadable); exit code 1."""
 
 
-def listen_socket(host: str, port: int, *, reuse_port: bool, backlog: int = 2048) -> socket.socket:
+# Pending connections the kernel queues for a worker. aiohttp's SockSite would re-listen with 128, and a burst
+# beyond that (a connection flood, 2,000 slowloris sockets) drops SYNs: legitimate clients then wait 1-3 s to connect.
+BACKLOG = 2048
+
+
+def listen_socket(host: str, port: int, *, reuse_port: bool, backlog: int = BACKLOG) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
@@ -182,7 +187,7 @@ class Worker:
         )
         await self._runner.setup()
         sock = self._sock or listen_socket(cfg.server.listen.host, cfg.server.listen.port, reuse_port=False)
-        site = web.SockSite(self._runner, sock)
+        site = web.SockSite(self._runner, sock, backlog=BACKLOG)
         await site.start()
         self.port = sock.getsockname()[1]
         if self._serve_admin:

@@ -415,8 +415,11 @@ async def spawn_gateway(
     workers: int = 1,
     env: dict[str, str] | None = None,
     access_log: str = "",
+    text: str = BASE_CONFIG,
 ) -> Process:
-    path, port, admin_port = write_config(tmp, upstream_url, extra, workers=workers, access_log=access_log)
+    path, port, admin_port = write_config(
+        tmp, upstream_url, extra, workers=workers, access_log=access_log, text=text
+    )
     proc = subprocess.Popen(
         [sys.executable, "-m", "gateway", "serve", "--config", str(path)],
         env={**os.environ, **(env or {})},

@@ -6,7 +6,6 @@ from __future__ import annotations
 import itertools
 import json
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -49,7 +48,9 @@ async def test_the_upstream_only_receives_paths_routed_as_authorised(gateway, up
     assert normalise(path)[0] == path, "the upstream got a path that is not canonical"
     route = router.match(path, "GET")
     assert route is not None and route.permission == "leads:read", (target, path)
-    logged = await wait_until(lambda: [r for r in gateway.log_lines() if r["request_id"] == received.header("X-Request-Id")])
+    logged = await wait_until(
+        lambda: [r for r in gateway.log_lines() if r["request_id"] == received.header("X-Request-Id")]
+    )
     assert logged[0]["route"] == route.pattern and logged[0]["path"] == path
 
 
@@ -72,7 +73,12 @@ def _body(kind: str, name: str, value: str) -> tuple[str, bytes]:
 
 
 def _cases():
-    queries = [[], *([q] for q in QUERY_SPELLINGS), ["auth_token", "AUTH_TOKEN"], ["auth_token[]", "Auth.Token"]]
+    queries = [
+        [],
+        *([q] for q in QUERY_SPELLINGS),
+        ["auth_token", "AUTH_TOKEN"],
+        ["auth_token[]", "Auth.Token"],
+    ]
     bodies = [None, *((kind, name) for kind in ("form", "multipart", "json") for name in BODY_SPELLINGS)]
     for query, body, bearer in itertools.product(queries, bodies, (False, True)):
         places = len(query) + (body is not None) + bearer

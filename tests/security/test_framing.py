@@ -44,11 +44,16 @@ FRAMING_ATTACKS = {
     ),
     "obs-fold": b"GET /v1/leads/search HTTP/1.1\r\nHost: x\r\n" + AUTH + b"X-A: a\r\n b\r\n\r\n" + SMUGGLED,
     "bare LF line endings": b"GET /v1/leads/search HTTP/1.1\nHost: x\n" + AUTH + b"\n" + SMUGGLED,
-    "bare CR in a header": b"GET /v1/leads/search HTTP/1.1\r\nHost: x\rX-A: b\r\n" + AUTH + b"\r\n" + SMUGGLED,
+    "bare CR in a header": b"GET /v1/leads/search HTTP/1.1\r\nHost: x\rX-A: b\r\n"
+    + AUTH
+    + b"\r\n"
+    + SMUGGLED,
     "invalid header name": b"GET /v1/leads/search HTTP/1.1\r\nHost: x\r\nX A: b\r\n" + AUTH + b"\r\n",
     "header line without a colon": b"GET /v1/leads/search HTTP/1.1\r\nHost: x\r\nJunk\r\n" + AUTH + b"\r\n",
     "NUL in a header value": b"GET /v1/leads/search HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\n" + AUTH + b"\r\n",
-    "leading whitespace on the first header": b"GET /v1/leads/search HTTP/1.1\r\n Host: x\r\n" + AUTH + b"\r\n",
+    "leading whitespace on the first header": b"GET /v1/leads/search HTTP/1.1\r\n Host: x\r\n"
+    + AUTH
+    + b"\r\n",
     "chunk size in hex notation": _post(b"Transfer-Encoding: chunked\r\n", b"0x0\r\n\r\n" + SMUGGLED),
     "chunk size overflowing 64 bits": _post(
         b"Transfer-Encoding: chunked\r\n", b"10000000000000000\r\n" + SMUGGLED + b"\r\n0\r\n\r\n"
@@ -77,7 +82,9 @@ FRAMING_ATTACKS = {
 
 
 @pytest.mark.parametrize("attack", list(FRAMING_ATTACKS))
-async def test_a_framing_attack_is_400_closed_logged_and_never_reaches_the_upstream(gateway, upstream, attack):
+async def test_a_framing_attack_is_400_closed_logged_and_never_reaches_the_upstream(
+    gateway, upstream, attack
+):
     result = await exchange(gateway.port, FRAMING_ATTACKS[attack], timeout=5)
     assert_malformed_and_closed(result)
     assert not [r for r in upstream.received if r.path.startswith("/v1/admin")]
@@ -102,9 +109,13 @@ async def test_the_log_record_of_an_unparsed_request_names_its_path_but_never_it
     assert secret not in (gateway.tmp / "access.jsonl").read_text()
 
 
-async def test_a_parser_error_after_a_good_request_answers_both_and_forwards_only_the_first(gateway, upstream):
+async def test_a_parser_error_after_a_good_request_answers_both_and_forwards_only_the_first(
+    gateway, upstream
+):
     good = request("GET", "/v1/leads/search?n=1", [("Authorization", f"Bearer {READER}")])
-    bad = b"GET /v1/admin/users HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n"
+    bad = (
+        b"GET /v1/admin/users HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n"
+    )
     # Apart: an error in the same read makes aiohttp drop the good request parsed just before it (a 400 alone).
     result = await exchange(gateway.port, [good, bad + SMUGGLED], pause=0.2)
     statuses = [r.status for r in result.responses]
@@ -128,7 +139,9 @@ async def test_a_broken_chunk_in_a_read_body_is_400_and_closed_and_nothing_is_fo
 
 async def test_a_broken_chunk_in_a_streamed_body_never_completes_a_request_upstream(gateway, upstream):
     head = (
-        b"POST /v1/leads/sha256 HTTP/1.1\r\nHost: x\r\n" + AUTH + b"Content-Type: application/octet-stream\r\n"
+        b"POST /v1/leads/sha256 HTTP/1.1\r\nHost: x\r\n"
+        + AUTH
+        + b"Content-Type: application/octet-stream\r\n"
         b"Transfer-Encoding: chunked\r\n\r\n"
     )
     # The first chunk is fine and may already be on its way upstream when the broken one arrives.
@@ -172,7 +185,9 @@ async def test_forwarded_requests_are_framed_by_the_gateway(start_gateway):
         assert b"ext=evil" not in forwarded and b"sneaky" not in forwarded
         assert b"X-Odd: spaced\r\n" in head
         assert head.count(b"Transfer-Encoding: chunked") == 1 and b"Content-Length" not in head
-        assert body.replace(b"\r\n", b"").startswith(b"6hello 5world0") or body.startswith(b"b\r\nhello world")
+        assert body.replace(b"\r\n", b"").startswith(b"6hello 5world0") or body.startswith(
+            b"b\r\nhello world"
+        )
     finally:
         server.close()
         await server.wait_closed()

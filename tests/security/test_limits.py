@@ -45,7 +45,9 @@ async def test_each_request_on_a_connection_gets_its_own_header_deadline(start_g
     gateway = await start_gateway(FAST)
     # Three requests 0.3 s apart: more than header_timeout in all, but each head arrives in one piece.
     data = request("GET", "/v1/leads/search", AUTH)
-    result = await exchange(gateway.port, [data, data, request("GET", "/v1/leads/search", AUTH, close=True)], pause=0.3)
+    result = await exchange(
+        gateway.port, [data, data, request("GET", "/v1/leads/search", AUTH, close=True)], pause=0.3
+    )
     assert [r.status for r in result.responses] == [200, 200, 200]
 
 
@@ -69,7 +71,9 @@ async def test_an_idle_keepalive_connection_is_closed_after_keepalive_timeout(st
 async def test_a_stalled_form_body_is_400_after_body_timeout(start_gateway, upstream):
     gateway = await start_gateway(FAST)
     data = request(
-        "POST", "/v1/leads/search", [("Content-Type", "application/x-www-form-urlencoded"), ("Content-Length", "100")]
+        "POST",
+        "/v1/leads/search",
+        [("Content-Type", "application/x-www-form-urlencoded"), ("Content-Length", "100")],
     )
     result = await exchange(gateway.port, data + f"auth_token={READER}".encode(), timeout=5)
     assert [r.status for r in result.responses] == [400]
@@ -79,9 +83,15 @@ async def test_a_stalled_form_body_is_400_after_body_timeout(start_gateway, upst
     assert record["outcome"] == "malformed"
 
 
-async def test_a_stalled_streamed_body_is_400_and_the_upstream_never_gets_a_whole_request(start_gateway, upstream):
+async def test_a_stalled_streamed_body_is_400_and_the_upstream_never_gets_a_whole_request(
+    start_gateway, upstream
+):
     gateway = await start_gateway(FAST)
-    data = request("POST", "/v1/leads/sha256", [*AUTH, ("Content-Type", "application/octet-stream"), ("Content-Length", "1000")])
+    data = request(
+        "POST",
+        "/v1/leads/sha256",
+        [*AUTH, ("Content-Type", "application/octet-stream"), ("Content-Length", "1000")],
+    )
     result = await exchange(gateway.port, data + b"x" * 100, timeout=5)
     assert [r.status for r in result.responses] == [400]
     assert result.seconds < 2.5
@@ -113,7 +123,9 @@ async def test_a_chunked_body_over_max_body_is_413(start_gateway, upstream):
     gateway = await start_gateway({"server": {"max_body": "1KB"}})
     for content_type in ("application/x-www-form-urlencoded", "application/octet-stream"):
         head = request(
-            "POST", "/v1/leads/sha256", [*AUTH, ("Content-Type", content_type), ("Transfer-Encoding", "chunked")]
+            "POST",
+            "/v1/leads/sha256",
+            [*AUTH, ("Content-Type", content_type), ("Transfer-Encoding", "chunked")],
         )
         body = b"".join(b"400\r\n" + b"a" * 0x400 + b"\r\n" for _ in range(4)) + b"0\r\n\r\n"
         result = await exchange(gateway.port, head + body, timeout=5, until=responses_count(1))
@@ -140,10 +152,10 @@ def _deep(depth: int) -> str:
 @pytest.mark.parametrize("where", ["beside the token", "without a token member"])
 async def test_deeply_nested_json_is_400_or_forwarded_never_500(gateway, upstream, where):
     if where == "beside the token":
-        body = '{"auth_token": "%s", "deep": %s}' % (READER, _deep(200_000))
+        body = '{"auth_token": "' + READER + '", "deep": ' + _deep(200_000) + "}"
         headers = {"Content-Type": "application/json"}
     else:
-        body = '{"deep": %s}' % _deep(200_000)
+        body = '{"deep": ' + _deep(200_000) + "}"
         headers = {"Content-Type": "application/json", "Authorization": f"Bearer {READER}"}
     r = await gateway.post("/v1/leads/sha256", data=body, headers=headers)
     assert r.status in (200, 400)
@@ -164,7 +176,10 @@ async def test_bodies_with_too_many_entries_are_400(gateway, upstream, kind):
         content_type = "application/json"
     else:
         part = b'--b\r\nContent-Disposition: form-data; name="k"\r\n\r\nv\r\n'
-        body = part * n + f'--b\r\nContent-Disposition: form-data; name="auth_token"\r\n\r\n{READER}\r\n--b--\r\n'.encode()
+        body = (
+            part * n
+            + f'--b\r\nContent-Disposition: form-data; name="auth_token"\r\n\r\n{READER}\r\n--b--\r\n'.encode()
+        )
         content_type = "multipart/form-data; boundary=b"
     started = time.monotonic()
     r = await gateway.post("/v1/leads/search", data=body, headers={"Content-Type": content_type})

@@ -66,8 +66,8 @@ async def test_a_method_parameter_in_a_json_body_is_removed(gateway, upstream):
 
 async def test_a_method_parameter_in_a_multipart_body_is_removed(gateway, upstream):
     body = (
-        b"--XyZ\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n"
-        b"--XyZ\r\nContent-Disposition: form-data; name=\"first_name\"\r\n\r\nAnn\r\n--XyZ--\r\n"
+        b'--XyZ\r\nContent-Disposition: form-data; name="_method"\r\n\r\nDELETE\r\n'
+        b'--XyZ\r\nContent-Disposition: form-data; name="first_name"\r\n\r\nAnn\r\n--XyZ--\r\n'
     )
     r = await gateway.post(
         "/v1/leads/insert",
@@ -91,7 +91,9 @@ async def test_a_method_parameter_is_removed_even_when_the_body_field_is_off(sta
     assert upstream.last().body == b"first_name=Ann"
 
 
-@pytest.mark.parametrize("named", ["X-Gateway-Token-Id", "X-Gateway-Token-Name, X-Request-Id", "X-Forwarded-For"])
+@pytest.mark.parametrize(
+    "named", ["X-Gateway-Token-Id", "X-Gateway-Token-Name, X-Request-Id", "X-Forwarded-For"]
+)
 async def test_connection_cannot_remove_identity_headers(gateway, upstream, named):
     r = await gateway.get(
         f"/v1/leads/search?auth_token={READER}",

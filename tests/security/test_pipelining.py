@@ -20,7 +20,9 @@ async def test_fifty_pipelined_requests_one_without_a_token(gateway, upstream):
     result = await exchange(gateway.port, data, timeout=10, until=responses_count(50))
     responses = result.responses
     assert [r.status for r in responses] == [401 if i == lacking else 200 for i in range(50)]
-    assert [r.target for r in upstream.received] == [f"/v1/leads/search?n={i}" for i in range(50) if i != lacking]
+    assert [r.target for r in upstream.received] == [
+        f"/v1/leads/search?n={i}" for i in range(50) if i != lacking
+    ]
     assert all(r.header("X-Gateway-Token-Name") == "reader" for r in upstream.received)
     records = await wait_until(lambda: len(gateway.log_lines()) == 50 and gateway.log_lines())
     outcomes = {r["query"]: r["outcome"] for r in records}

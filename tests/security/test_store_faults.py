@@ -86,7 +86,9 @@ def _restore(db: Path, saved: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "fault", [_delete, _overwrite_in_place, _replace_with_garbage, _unreadable], ids=lambda f: f.__name__.strip("_")
+    "fault",
+    [_delete, _overwrite_in_place, _replace_with_garbage, _unreadable],
+    ids=lambda f: f.__name__.strip("_"),
 )
 async def test_a_broken_store_fails_closed_and_recovers_by_itself(start_gateway, upstream, fault):
     gateway = await start_gateway(FAULTY)
@@ -102,7 +104,9 @@ async def test_a_broken_store_fails_closed_and_recovers_by_itself(start_gateway,
     assert await status(gateway, ADMIN, "/v1/admin/x") == 503
     assert len(upstream.received) == forwarded, "a token the store could not confirm was forwarded"
     assert await status(gateway, READER) == 200, "a cached token keeps working within its TTL"
-    records = await wait_until(lambda: [r for r in gateway.log_lines() if r["status"] == 503] or None, timeout=15)
+    records = await wait_until(
+        lambda: [r for r in gateway.log_lines() if r["status"] == 503] or None, timeout=15
+    )
     assert {r["outcome"] for r in records} == {"unavailable"}
 
     _restore(db, saved)

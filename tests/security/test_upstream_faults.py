@@ -172,7 +172,9 @@ async def test_a_broken_connection_is_never_reused(start_gateway):
         gateway = await start_gateway(FAST, upstream_url=up["url"])
         keepalive = request("GET", "/v1/leads/search", [("Authorization", f"Bearer {READER}")])
         for _ in range(3):
-            (response,) = (await exchange(gateway.port, keepalive, until=lambda d: d.endswith(b"ok"))).responses
+            (response,) = (
+                await exchange(gateway.port, keepalive, until=lambda d: d.endswith(b"ok"))
+            ).responses
             assert response.status == 200 and response.body == b"ok"
         # The first connection was dropped; the second was pooled and reused for the third request.
         assert up["requests"] == 3 and up["connections"] == 2
