@@ -23,6 +23,15 @@ run: install
 test: install
 	$(BIN)/python -m pytest -q -n 2 -p no:cacheprovider
 
+# A long run of the fuzz targets (credential extraction, path normalisation, raw request bytes); make test runs
+# a few hundred examples of each.
+fuzz: install
+	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-20000} $(BIN)/python -m pytest -q -p no:cacheprovider tests/security/test_fuzz.py --timeout 0
+
+# Ten minutes of mixed traffic against a real gateway; not part of make test or CI.
+soak: install
+	$(BIN)/python -m bench.soak --minutes $${SOAK_MINUTES:-10}
+
 lint: install
 	$(BIN)/ruff check gateway tests bench
 	$(BIN)/ruff format --check gateway tests bench
