@@ -68,3 +68,16 @@ async def test_a_refused_request_with_an_unread_body_does_not_leak_into_the_next
     result = await exchange(gateway.port, first + second, timeout=5)
     assert [r.status for r in result.responses] == [401, 200]
     assert [r.target for r in upstream.received] == ["/v1/leads/search?n=2"]
+
+
+async def test_bytes_after_an_upgrade_request_are_a_new_request_authorised_on_their_own(gateway, upstream):
+    upgrade = request(
+        "GET",
+        "/v1/leads/search",
+        [("Authorization", f"Bearer {READER}"), ("Connection", "Upgrade"), ("Upgrade", "websocket")],
+    )
+    smuggled = request("GET", "/v1/admin/users", close=True)
+    result = await exchange(gateway.port, upgrade + smuggled, timeout=5)
+    assert [r.status for r in result.responses] == [200, 401]
+    assert [r.target for r in upstream.received] == ["/v1/leads/search"]
+    assert "upgrade" not in upstream.last().header_names()
