@@ -284,8 +284,7 @@ class Store:
         if identity != self._identity:
             return f"{self.path} was replaced"
         try:
-            with open(self.path, "rb") as f:
-                header = f.read(16)
+            header = _read_header(self.path, identity)
         except OSError as e:
             return f"cannot read {self.path}: {e.strerror}"
         if header != SQLITE_HEADER:
@@ -748,6 +747,23 @@ def _view(row: Sequence[Any]) -> TokenView:
 
 
 SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+# Descriptors used only to read database headers, one per file, never closed while the process lives: closing ANY
+# descriptor of a file drops every POSIX lock this process holds on it, including SQLite's own, which lets another
+# process reset the WAL under a connection and silently lose committed transactions.
+_HEADER_FDS: dict[tuple[int, int], int] = {}
+
+
+def _read_header(path: Path, identity: tuple[int, int]) -> bytes:
+    fd = _HEADER_FDS.get(identity)
+    if fd is None:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != identity:
+            return b""  # replaced between the stat and the open; deliberately leaked rather than closed
+        _HEADER_FDS[identity] = fd
+    return os.pread(fd, 16, 0)
 
 
 def _file_identity(path: Path) -> tuple[int, int] | None:
