@@ -32,6 +32,10 @@ fuzz: install
 soak: install
 	$(BIN)/python -m bench.soak --minutes $${SOAK_MINUTES:-10}
 
+# Not part of `make test` or CI: several minutes of load on both cores (wrk and nginx are installed when missing).
+bench: install
+	$(BIN)/python -m bench.run
+
 lint: install
 	$(BIN)/ruff check gateway tests bench
 	$(BIN)/ruff format --check gateway tests bench

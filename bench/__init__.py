@@ -1,0 +1,1 @@
+"""The benchmark suite (`make bench`): the gateway beside the upstream, nginx and aiohttp, under wrk."""
