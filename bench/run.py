@@ -88,6 +88,23 @@ def _children(pid: int) -> list[int]:
     return [int(p) for p in text.split()]
 
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pids: list[int]) -> tuple[float, float]:
+    """(user, system) CPU time of these processes and their children, every thread included."""
+    user = system = 0.0
+    for pid in pids:
+        for p in (pid, *_children(pid)):
+            try:
+                fields = Path(f"/proc/{p}/stat").read_text().rpartition(")")[2].split()
+            except OSError:
+                continue
+            user += int(fields[11]) / CLOCK_TICKS
+            system += int(fields[12]) / CLOCK_TICKS
+    return user, system
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -368,14 +385,30 @@ class Bench:
             result["mb_s"] = raw["requests"] * TRANSFER_MB / seconds_run
         return result
 
-    def measure(self, target: str, scenario: str, base: str, shape: Shape, **extra: Any) -> dict[str, Any]:
+    def measure(
+        self, target: str, scenario: str, base: str, shape: Shape, pids: list[int], **extra: Any
+    ) -> dict[str, Any]:
+        """One scenario against one target; `pids` are the server's processes, whose CPU time per request is
+        the figure that other load on the machine disturbs least."""
         if self.warmup:
             self.wrk(base, shape, self.warmup)
         load = os.getloadavg()[0]
+        cpu_before = cpu_seconds(pids)
         result = {"target": target, "scenario": scenario, **self.wrk(base, shape, self.duration), **extra}
+        cpu_after = cpu_seconds(pids)
+        requests = max(result["requests"], 1)
+        user = (cpu_after[0] - cpu_before[0]) / requests * 1e6
+        system = (cpu_after[1] - cpu_before[1]) / requests * 1e6
+        result["cpu_us_per_request"] = round(user + system, 1)
+        result["cpu_user_us_per_request"] = round(user, 1)
+        result["cpu_system_us_per_request"] = round(system, 1)
         result["loadavg_1m_before"] = round(load, 2)
         self.results.append(result)
-        line = f"  {target:<12} {scenario:<14} {result['rps']:>9,.0f} req/s  p50 {result['p50_ms']:6.2f} ms  p99 {result['p99_ms']:6.2f} ms"
+        line = (
+            f"  {target:<13} {scenario:<14} {result['rps']:>9,.0f} req/s  p50 {result['p50_ms']:6.2f} ms  "
+            f"p99 {result['p99_ms']:6.2f} ms  CPU/req {result['cpu_us_per_request']:5.1f} µs "
+            f"({result['cpu_user_us_per_request']:.0f} user)"
+        )
         if "mb_s" in result:
             line += f"  {result['mb_s']:7.0f} MB/s"
         if result["errors"] or result["non_2xx_3xx"]:
@@ -495,7 +528,9 @@ def worker_pid(proc: subprocess.Popen[bytes], workers: int) -> int:
     return children[0] if children else proc.pid
 
 
-def gateway_run(bench: Bench, upstream_port: int, workers: int, scenarios: list[Scenario]) -> dict[str, Any]:
+def gateway_run(
+    bench: Bench, upstream_port: int, workers: int, scenarios: list[Scenario], memory: bool = True
+) -> dict[str, Any]:
     from bench.store1m import TOKENS
 
     proc, port, admin_port = start_gateway(bench, upstream_port, workers)
@@ -506,7 +541,7 @@ def gateway_run(bench: Bench, upstream_port: int, workers: int, scenarios: list[
         for sc in scenarios:
             _check(base, sc)
             before = metric(admin_port, "gateway_token_store_queries_total")
-            result = bench.measure(target, sc.key, base, sc.shape)
+            result = bench.measure(target, sc.key, base, sc.shape, [proc.pid])
             queries = metric(admin_port, "gateway_token_store_queries_total") - before
             result["store_queries_worker0"] = queries
             if sc.key == "invalid_flood":
@@ -521,7 +556,7 @@ def gateway_run(bench: Bench, upstream_port: int, workers: int, scenarios: list[
             if sc.shape.transfer:
                 result["worker_rss_mb_after"] = round(rss_mb(worker_pid(proc, workers)), 1)
                 print(f"  {'':<12} worker RSS after: {result['worker_rss_mb_after']} MB", flush=True)
-        if workers == 1:
+        if workers == 1 and memory:
             extra = _fill_cache(bench, base, admin_port, proc, TOKENS)
     finally:
         bench.procs.stop(proc, grace=30)
@@ -710,6 +745,7 @@ def main() -> int:
     parser.add_argument("--only", default="", help="comma-separated scenario keys (default: all)")
     parser.add_argument("--workers", default="1,2", help="gateway worker counts to measure")
     parser.add_argument("--no-references", action="store_true", help="skip direct, nginx and hello-world")
+    parser.add_argument("--no-memory", action="store_true", help="skip filling the cache to measure RSS")
     parser.add_argument(
         "--upstream-cpu",
         default="all",
@@ -774,7 +810,7 @@ def main() -> int:
             if shapes:
                 print("references:", flush=True)
                 for key in shapes:
-                    bench.measure("direct", key, f"http://127.0.0.1:{upstream_port}", SHAPES[key])
+                    bench.measure("direct", key, f"http://127.0.0.1:{upstream_port}", SHAPES[key], [up.pid])
                 px_conf = nginx_config(tmp, "proxy", PROXY.format(port=proxy_port, upstream=upstream_port))
                 px = procs.start(
                     "nginx-proxy",
@@ -792,7 +828,7 @@ def main() -> int:
                 )
                 wait_http(f"http://127.0.0.1:{proxy_port}/", px)
                 for key in shapes:
-                    bench.measure("nginx", key, f"http://127.0.0.1:{proxy_port}", SHAPES[key])
+                    bench.measure("nginx", key, f"http://127.0.0.1:{proxy_port}", SHAPES[key], [px.pid])
                 procs.stop(px)
                 if "get_query" in shapes:
                     hello = procs.start(
@@ -803,13 +839,17 @@ def main() -> int:
                     )
                     wait_http(f"http://127.0.0.1:{hello_port}/", hello)
                     bench.measure(
-                        "aiohttp-hello", "get_query", f"http://127.0.0.1:{hello_port}", SHAPES["get_query"]
+                        "aiohttp-hello",
+                        "get_query",
+                        f"http://127.0.0.1:{hello_port}",
+                        SHAPES["get_query"],
+                        [hello.pid],
                     )
                     procs.stop(hello)
             extra: dict[str, Any] = {}
             for workers in [int(w) for w in args.workers.split(",") if w]:
                 print(f"gateway, {workers} worker(s):", flush=True)
-                extra.update(gateway_run(bench, upstream_port, workers, selected))
+                extra.update(gateway_run(bench, upstream_port, workers, selected, memory=not args.no_memory))
             print("micro-benchmarks (pinned to CPU 0):", flush=True)
             os.sched_setaffinity(0, {int(server_cpu)})
             pure = micro.pure_steps()
