@@ -10,6 +10,7 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import operator
 import os
 import secrets
 import sqlite3
@@ -158,6 +159,10 @@ LOG_FIELDS = (
     "bytes_in",
     "bytes_out",
 )
+
+
+_log_row = operator.itemgetter(*LOG_FIELDS)
+_INSERT_LOG = f"INSERT INTO request_log ({', '.join(LOG_FIELDS)}) VALUES ({', '.join('?' * len(LOG_FIELDS))})"
 
 
 def _record(row: Sequence[Any], secret_expires: float | None = None) -> TokenRecord:
@@ -611,11 +616,13 @@ class Store:
     # --- access log --------------------------------------------------------------------------------------------
 
     async def insert_log(self, records: Sequence[dict[str, Any]]) -> None:
+        try:
+            rows = list(map(_log_row, records))  # the gateway's records carry every field
+        except KeyError:
+            rows = [tuple(r.get(f) for f in LOG_FIELDS) for r in records]
+
         async def write(db: aiosqlite.Connection) -> None:
-            await db.executemany(
-                f"INSERT INTO request_log ({', '.join(LOG_FIELDS)}) VALUES ({', '.join('?' * len(LOG_FIELDS))})",
-                [tuple(r.get(f) for f in LOG_FIELDS) for r in records],
-            )
+            await db.executemany(_INSERT_LOG, rows)
 
         await self._write(write)
 
