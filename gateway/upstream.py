@@ -93,6 +93,22 @@ class UpstreamResponse:
                 raise exc.with_traceback(None)
             await conn._wait()
 
+    def body_if_complete(self) -> bytes | None:
+        """The whole body when all of it has already arrived (the usual small response), else None.
+
+        Lets the caller send headers and body in one write; afterwards iterating yields nothing more.
+        """
+        conn = self._conn
+        if conn is None or not conn._complete:
+            return None
+        buf = conn._buf
+        body = (buf[0] if len(buf) == 1 else b"".join(buf)) if buf else b""
+        buf.clear()
+        conn._buffered = 0
+        if conn._reading_paused:
+            conn._resume_reading()
+        return body
+
     async def read(self) -> bytes:
         chunks = [chunk async for chunk in self]
         if len(chunks) == 1:
