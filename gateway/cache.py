@@ -10,15 +10,65 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
-
-from cachetools import TTLCache
+from typing import Generic, TypeVar
 
 from gateway.store import Store, StoreUnavailable, TokenRecord
 
 log = logging.getLogger("gateway.cache")
 
-_MISSING = object()
+_MISSING: object = object()
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class LruTtl(Generic[K, V]):
+    """An LRU whose entries also expire `ttl` seconds after they were stored.
+
+    One OrderedDict of key -> (expires, value), least recently used first: about 200 bytes an entry where
+    cachetools' TTLCache keeps four structures (some 450 bytes), and a hit is one lookup and one move.
+    An expired entry is dropped when it is next looked up or reaches the LRU end.
+    """
+
+    __slots__ = ("_data", "_size", "_timer", "_ttl")
+
+    def __init__(self, size: int, ttl: float, timer: Callable[[], float] = time.monotonic) -> None:
+        self._data: OrderedDict[K, tuple[float, V]] = OrderedDict()
+        self._size = size
+        self._ttl = ttl
+        self._timer = timer
+
+    def get(self, key: K, default: object = _MISSING) -> V | object:
+        item = self._data.get(key)
+        if item is None:
+            return default
+        if item[0] <= self._timer():
+            del self._data[key]
+            return default
+        self._data.move_to_end(key)
+        return item[1]
+
+    def __contains__(self, key: K) -> bool:
+        return self.get(key) is not _MISSING
+
+    def __setitem__(self, key: K, value: V) -> None:
+        data = self._data
+        data[key] = (self._timer() + self._ttl, value)
+        data.move_to_end(key)
+        while len(data) > self._size:
+            data.popitem(last=False)
+
+    def pop(self, key: K, default: object = None) -> V | object:
+        item = self._data.pop(key, None)
+        return default if item is None else item[1]
+
+    def clear(self) -> None:
+        self._data.clear()
+
+    def __len__(self) -> int:
+        return len(self._data)
 
 
 def _retrieve(task: asyncio.Future[TokenRecord | None]) -> None:
@@ -39,8 +89,8 @@ class TokenCache:
         timer: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
-        self._found: TTLCache[bytes, TokenRecord] = TTLCache(size, ttl, timer=timer)
-        self._unknown: TTLCache[bytes, bool] = TTLCache(negative_size, negative_ttl, timer=timer)
+        self._found: LruTtl[bytes, TokenRecord] = LruTtl(size, ttl, timer)
+        self._unknown: LruTtl[bytes, bool] = LruTtl(negative_size, negative_ttl, timer)
         self._pending: dict[bytes, asyncio.Future[TokenRecord | None]] = {}
         self._seq = 0
         # Bumped by every eviction: a lookup that raced with a change must not cache what it read before it.

@@ -9,11 +9,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import hashlib
 import operator
 import os
 import secrets
 import sqlite3
+import sys
 import time
 import urllib.parse
 import uuid
@@ -165,13 +167,19 @@ _log_row = operator.itemgetter(*LOG_FIELDS)
 _INSERT_LOG = f"INSERT INTO request_log ({', '.join(LOG_FIELDS)}) VALUES ({', '.join('?' * len(LOG_FIELDS))})"
 
 
+@functools.lru_cache(maxsize=4096)
+def _permissions(text: str) -> frozenset[str]:
+    # Most tokens share a handful of permission sets: one frozenset each, not one per cached token.
+    return frozenset(map(sys.intern, orjson.loads(text)))
+
+
 def _record(row: Sequence[Any], secret_expires: float | None = None) -> TokenRecord:
     return TokenRecord(
         id=row[0],
         name=row[1],
-        type=row[2],
+        type=sys.intern(row[2]),
         company=row[3],
-        permissions=frozenset(orjson.loads(row[4])),
+        permissions=_permissions(row[4]),
         not_before=row[5],
         expires=row[6],
         revoked_at=row[7],
@@ -179,7 +187,7 @@ def _record(row: Sequence[Any], secret_expires: float | None = None) -> TokenRec
         rate_limit=parse_rate(row[9]) if row[9] else None,
         quota=parse_quota(row[10]) if row[10] else None,
         concurrency=row[11],
-        source=row[12],
+        source=sys.intern(row[12]),
         last_used_at=row[13],
         updated_at=row[14],
         secret_expires=secret_expires,
