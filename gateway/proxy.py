@@ -9,6 +9,7 @@ Each step lives in its own module; this one wires them together and owns the I/O
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import os
 import time
@@ -82,9 +83,15 @@ class Refused(Exception):
 
 
 def _refusal_headers(refusal: Refusal, request_id: str) -> CIMultiDict[str]:
-    headers = CIMultiDict(
-        {"Content-Type": "application/json", "Cache-Control": "no-store", "X-Request-Id": request_id}
-    )
+    headers = _fixed_refusal_headers(refusal).copy()
+    headers["X-Request-Id"] = request_id
+    return headers
+
+
+@functools.lru_cache(maxsize=64)
+def _fixed_refusal_headers(refusal: Refusal) -> CIMultiDict[str]:
+    # Built once per refusal and copied per request: a 401 flood renders the same headers over and over.
+    headers = CIMultiDict({"Content-Type": "application/json", "Cache-Control": "no-store"})
     if refusal.www_authenticate:
         error = ' error="invalid_token"' if refusal.reason != "missing" else ""
         headers["WWW-Authenticate"] = f'Bearer realm="gateway"{error}'

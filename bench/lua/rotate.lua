@@ -10,7 +10,7 @@ init = function(args)
    for i = 1, pool_size do
       pool[i] = wrk.format("GET", string.format("/v1/leads/search?auth_token=bt-%07d", (i - 1) * stride))
    end
-   math.randomseed(7)
+   math.randomseed(tonumber(os.getenv("BENCH_SEED") or os.time()))
 end
 -- BENCH_START: where a sequential pass resumes, so successive wrk runs keep presenting new tokens.
 local n = tonumber(os.getenv("BENCH_START") or "0")
