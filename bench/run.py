@@ -662,6 +662,10 @@ def _cell(r: dict[str, Any] | None) -> str:
     return f"{r['rps']:,.0f} ({r['p50_ms']:.2f} / {r['p99_ms']:.2f})"
 
 
+def _cpu(r: dict[str, Any] | None) -> str:
+    return "-" if r is None or "cpu_us_per_request" not in r else f"{r['cpu_us_per_request']:.0f}"
+
+
 def markdown(report: dict[str, Any]) -> str:
     m = report["machine"]
     results = report["results"]
@@ -670,10 +674,12 @@ def markdown(report: dict[str, Any]) -> str:
         f"{m['nginx']}, wrk pinned to CPU {report['pinning']['wrk']}, the proxy under test on CPU "
         f"{report['pinning']['server']} (2 workers: all CPUs), the nginx upstream on CPU {report['pinning']['upstream']}; "
         f"c={CONNECTIONS} ({TRANSFER_CONNECTIONS} for transfers), {report['duration_s']:g} s per run. "
-        "Cells: requests/s (p50 / p99 ms).",
+        "Cells: requests/s (p50 / p99 ms); CPU µs/request is the server's own user + system time "
+        f"(the figure other load disturbs least; load average at the start: {report.get('loadavg_start', '?')}).",
         "",
-        "| scenario | upstream direct | nginx proxy | gateway 1 worker | gateway 2 workers | 1w / direct | 1w / nginx |",
-        "|---|---|---|---|---|---|---|",
+        "| scenario | upstream direct | nginx proxy | gateway 1 worker | gateway 2 workers | 1w / direct | 1w / nginx "
+        "| CPU µs/request: nginx, gateway 1w |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     hello = find_result(results, "aiohttp-hello", "get_query")
     for sc in SCENARIOS:
@@ -691,7 +697,7 @@ def markdown(report: dict[str, Any]) -> str:
 
         lines.append(
             f"| {sc.title} | {_cell(direct)}{ref_note} | {_cell(nginx)}{ref_note} | {_cell(gw1)} | {_cell(gw2)} "
-            f"| {ratio(gw1, direct)} | {ratio(gw1, nginx)} |"
+            f"| {ratio(gw1, direct)} | {ratio(gw1, nginx)} | {_cpu(nginx)}, {_cpu(gw1)} |"
         )
     lines.append("")
     lines.append(
@@ -700,7 +706,9 @@ def markdown(report: dict[str, Any]) -> str:
     if hello:
         gw1 = find_result(results, "gateway-1w", "get_query")
         ratio = f"; gateway 1 worker / hello-world: {gw1['rps'] / hello['rps']:.2f}" if gw1 else ""
-        lines.append(f"aiohttp hello-world (web.Server, uvloop, same core): {_cell(hello)}{ratio}.")
+        lines.append(
+            f"aiohttp hello-world (web.Server, uvloop, same core): {_cell(hello)}, {_cpu(hello)} µs CPU/request{ratio}."
+        )
     flood = find_result(results, "gateway-1w", "invalid_flood")
     if flood:
         lines.append(
@@ -764,6 +772,7 @@ def main() -> int:
 
     cached_store()  # built before anything is measured, so its cost never lands in a run
     started = time.monotonic()
+    loadavg_start = round(os.getloadavg()[0], 2)
     procs = Processes()
 
     def on_term(signum: int, frame: Any) -> None:
@@ -871,6 +880,7 @@ def main() -> int:
         "machine": machine(),
         "pinning": {"wrk": wrk_cpu, "server": server_cpu, "upstream": upstream_cpu},
         "duration_s": args.duration,
+        "loadavg_start": loadavg_start,
         "warmup_s": args.warmup,
         "connections": CONNECTIONS,
         "results": bench.results,

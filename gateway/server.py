@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -271,6 +272,10 @@ async def _run_worker(config: Config, **kwargs: Any) -> None:
     loop = asyncio.get_running_loop()
     worker = Worker(config, **kwargs)
     await worker.start()
+    # What start-up built lives as long as the worker: keeping it out of the collector's full passes spares the
+    # event loop a ~15 ms stall every few seconds under load (the p99 latency showed them).
+    gc.collect()
+    gc.freeze()
     stop = asyncio.Event()
     reloads: set[asyncio.Task[None]] = set()
 
