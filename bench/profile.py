@@ -93,12 +93,13 @@ def main() -> int:
             worker.start()
             subprocess.run(spy, check=True, stdout=subprocess.DEVNULL)
             worker.join()
-            print(
+            summary = (
                 f"{args.scenario}: {load['rps']:,.0f} req/s, p50 {load['p50_ms']:.2f} ms, "
-                f"p99 {load['p99_ms']:.2f} ms while sampled (py-spy costs a little)"
+                f"p99 {load['p99_ms']:.2f} ms while sampled\n{summarise(out, args.top)}\n"
             )
-            print(summarise(out, args.top))
-            print(f"\ncollapsed stacks: {out}")
+            out.with_suffix(".txt").write_text(summary)
+            print(summary)
+            print(f"collapsed stacks: {out}; summary: {out.with_suffix('.txt')}")
         finally:
             procs.stop_all()
     return 0
