@@ -437,7 +437,17 @@ async def spawn_gateway(
         except aiohttp.ClientError:
             return False
 
-    await wait_until(ready, timeout=20)
+    try:
+        await wait_until(ready, timeout=20)
+    except BaseException:
+        # Not yet in any fixture's list: stop it here, or its master would outlive the test run.
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        raise
     return process
 
 
