@@ -15,7 +15,6 @@ import os
 import time
 import zlib
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -75,11 +74,6 @@ class BodyTooLarge(Exception):
 
 class ClientBodyError(Exception):
     """The client stopped sending its body (timeout) or went away while the gateway streamed it."""
-
-
-@dataclass(slots=True)
-class Refused(Exception):
-    refusal: Refusal
 
 
 def _refusal_headers(refusal: Refusal, request_id: str) -> CIMultiDict[str]:

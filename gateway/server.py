@@ -39,6 +39,8 @@ log = logging.getLogger("gateway.server")
 CHANGE_POLL = 0.25  # seconds between change-feed polls: a revoke reaches every worker well within 1 s
 CHANGES_KEPT = 3600.0
 LAST_USED_FLUSH = 5.0
+QUICK_DEATH = 5.0  # seconds: a worker dying sooner after its start counts towards a crash loop
+QUICK_DEATHS_ALLOWED = 3
 
 
 def make_limiter(config: Config, clock: Callable[[], float]) -> Limiter:
@@ -321,7 +323,10 @@ class Master:
         self.config = config
         self.count = workers
         self.children: dict[int, int] = {}  # pid -> worker id
+        self.started: dict[int, float] = {}  # worker id -> when its current process was forked
+        self.quick_deaths = 0
         self.stopping = False
+        self.code = 0
 
     def run(self) -> int:
         asyncio.run(seed(self.config))
@@ -344,12 +349,13 @@ class Master:
             elif sig == signal.SIGUSR1:
                 self._signal_all(signal.SIGUSR1)
             self._reap()
-        return 0
+        return self.code
 
     def _spawn(self, worker_id: int) -> None:
         pid = os.fork()
         if pid:
             self.children[pid] = worker_id
+            self.started[worker_id] = time.monotonic()
             return
         code = 0
         try:
@@ -381,12 +387,23 @@ class Master:
             if pid == 0:
                 return
             worker_id = self.children.pop(pid, None)
-            if worker_id is not None and not self.stopping:
-                log.error(
-                    "worker %d (pid %d) died with status %d; starting a new one", worker_id, pid, status
+            if worker_id is None or self.stopping:
+                continue
+            # A worker that dies right after starting will do so again: after a few in a row, stop, don't spin.
+            quick = time.monotonic() - self.started.get(worker_id, 0.0) < QUICK_DEATH
+            self.quick_deaths = self.quick_deaths + 1 if quick else 0
+            if self.quick_deaths >= QUICK_DEATHS_ALLOWED:
+                log.error("workers keep dying right after they start (last status %d); stopping", status)
+                print(
+                    "gateway: error: workers keep failing at start-up; see the lines above", file=sys.stderr
                 )
-                time.sleep(0.1)
-                self._spawn(worker_id)
+                self.stopping = True
+                self.code = 1
+                self._signal_all(signal.SIGTERM)
+                continue
+            log.error("worker %d (pid %d) died with status %d; starting a new one", worker_id, pid, status)
+            time.sleep(0.1)
+            self._spawn(worker_id)
 
     def _reload(self) -> None:
         try:

@@ -38,3 +38,27 @@ async def test_sigterm_finishes_in_flight_requests_and_exits_0(tmp_path, upstrea
         response = await slow
         assert response.status == 200
     assert await asyncio.to_thread(gw.proc.wait, 20) == 0
+
+
+async def test_workers_that_keep_dying_at_start_stop_the_master_with_exit_1(tmp_path, upstream):
+    import subprocess
+    import sys
+
+    from tests.conftest import write_config
+
+    path, _, _ = write_config(tmp_path, upstream.url, workers=2)
+    (tmp_path / "not-a-folder").write_text("")
+    # The master starts (it only seeds); every worker fails to open its access log, again and again.
+    path.write_text(
+        path.read_text().replace(str(tmp_path / "access.jsonl"), str(tmp_path / "not-a-folder" / "a.jsonl"))
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve", "--config", str(path)], stderr=subprocess.PIPE, text=True
+    )
+    try:
+        code = await asyncio.to_thread(proc.wait, 30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert code == 1
+    assert "workers keep failing at start-up" in proc.stderr.read()
