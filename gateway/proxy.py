@@ -12,12 +12,15 @@ import asyncio
 import functools
 import ipaddress
 import os
+import re
 import time
 import zlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.helpers import rfc822_formatted_time
+from aiohttp.http import SERVER_SOFTWARE, HttpVersion10, HttpVersion11
 from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDict
 
@@ -437,12 +440,28 @@ class Gateway:
         extra: list[tuple[str, str]] | tuple,
     ) -> web.StreamResponse:
         entry["upstream_ms"] = round((time.perf_counter() - started) * 1000, 3)
-        entry["status"] = upstream.status
+        status = entry["status"] = upstream.status
+        method = request.method
+        if upstream.content_length is not None and status not in _EMPTY_BODY_STATUS and method != "CONNECT":
+            # The usual small answer: framed by Content-Length, all of it here already. Sent as one buffer,
+            # headers and body, without a trip through aiohttp's header machinery.
+            if method == "HEAD":
+                whole: bytes | None = b""
+            else:
+                whole = upstream.body_if_complete()
+            if whole is not None:
+                response = _WholeResponse(status=status, reason=upstream.reason)
+                try:
+                    sent = await response.send(request, upstream.headers, extra, entry["request_id"], whole)
+                except ConnectionError:
+                    sent = 0  # the client went away; the record keeps the status
+                entry["bytes_out"] = sent
+                return response
         if not upstream.has_body() or request.method == "HEAD":
-            whole: bytes | None = b""
+            whole = b""
         else:
             whole = upstream.body_if_complete()
-        response = (web.StreamResponse if whole is None else _WholeResponse)(
+        response = (web.StreamResponse if whole is None else _BufferedResponse)(
             status=upstream.status, reason=upstream.reason
         )
         out = response.headers
@@ -475,11 +494,83 @@ class Gateway:
         return response
 
 
-class _WholeResponse(web.StreamResponse):
+# Statuses whose response never has a body (aiohttp drops their Content-Length; the general path handles them).
+_EMPTY_BODY_STATUS = frozenset({204, 304, *range(100, 200)})
+# Set by the gateway itself on a relayed response, so an upstream's own copy is dropped.
+_RELAY_DROP = RESPONSE_DROP | {"x-request-id"}
+# Control characters that must not reach a header block (HTAB is allowed); CR and LF are counted separately.
+_BAD_FIELD = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+class _BufferedResponse(web.StreamResponse):
     """A relayed response whose body has fully arrived: its headers wait for the body, so both leave in one
     write (one syscall, one segment) instead of two."""
 
     _send_headers_immediately = False
+
+
+class _WholeResponse(web.StreamResponse):
+    """A relayed response framed by Content-Length whose body is all here: serialised in one go and written with
+    a single transport write. The header block is what aiohttp's own path would write (Date, Server and the
+    Content-Type default when the upstream left them out, Connection as keep-alive requires); that path stays for
+    everything else (streamed, chunked, close-delimited, 1xx/204/304)."""
+
+    async def send(
+        self,
+        request: web.BaseRequest,
+        headers: list[tuple[str, str]],
+        extra: list[tuple[str, str]] | tuple,
+        request_id: str,
+        body: bytes,
+    ) -> int:
+        drop = _RELAY_DROP
+        if extra:
+            drop = drop | {name.lower() for name, _ in extra}
+        lines = []
+        seen_type = seen_date = seen_server = False
+        for name, value in headers:
+            low = name.lower()
+            if low in drop:
+                continue
+            if low == "content-type":
+                seen_type = True
+            elif low == "date":
+                seen_date = True
+            elif low == "server":
+                seen_server = True
+            lines.append(f"{name}: {value}\r\n")
+        for name, value in extra:
+            lines.append(f"{name}: {value}\r\n")
+        lines.append(f"X-Request-Id: {request_id}\r\n")
+        if not seen_type and body:
+            lines.append("Content-Type: application/octet-stream\r\n")
+        if not seen_date:
+            lines.append(f"Date: {rfc822_formatted_time()}\r\n")
+        if not seen_server:
+            lines.append(f"Server: {SERVER_SOFTWARE}\r\n")
+        version = request.version
+        keep_alive = self._keep_alive
+        if keep_alive is None:
+            keep_alive = self._keep_alive = request.keep_alive
+        if not keep_alive:
+            if version == HttpVersion11:
+                lines.append("Connection: close\r\n")
+        elif version == HttpVersion10:
+            lines.append("Connection: keep-alive\r\n")
+        head = f"HTTP/{version[0]}.{version[1]} {self._status} {self._reason}\r\n{''.join(lines)}\r\n"
+        count = len(lines) + 2
+        if head.count("\n") != count or head.count("\r") != count or _BAD_FIELD.search(head):
+            # aiohttp refuses these too (header injection), failing the request the same way.
+            raise ValueError("forbidden control character in a response header")
+        writer = request._payload_writer
+        self._eof_sent = True  # prepare() and write_eof() from aiohttp's finish_response are no-ops now
+        data = head.encode("utf-8") + body if body else head.encode("utf-8")
+        writer._write(data)
+        writer._eof = True
+        self._body_length = writer.output_size
+        if writer._protocol._paused:
+            await writer.drain()
+        return len(body)
 
 
 def _abort(request: web.BaseRequest) -> None:
