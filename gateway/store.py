@@ -195,6 +195,18 @@ def _record(row: Sequence[Any], secret_expires: float | None = None) -> TokenRec
     )
 
 
+def _insert_log_batch(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+    """Runs in aiosqlite's thread: one IMMEDIATE transaction, rolled back on any error (as Store._write does)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.executemany(_INSERT_LOG, rows)
+        conn.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        raise
+
+
 class Store:
     """One aiosqlite connection (one thread); every method is a short transaction."""
 
@@ -632,6 +644,20 @@ class Store:
             await db.executemany(_INSERT_LOG, rows)
 
         await self._write(write)
+
+    async def append_log(self, records: Sequence[dict[str, Any]]) -> None:
+        """insert_log in one trip to SQLite's thread (BEGIN, insert and COMMIT are three): for the access-log
+        writer, which inserts a batch every few milliseconds under load and is never cancelled mid-batch.
+
+        A call cancelled while it waits still completes its transaction in that thread (committed or rolled
+        back, never left open)."""
+        try:
+            rows = list(map(_log_row, records))
+        except KeyError:
+            rows = [tuple(r.get(f) for f in LOG_FIELDS) for r in records]
+        async with self._lock:
+            db = await self._conn()
+            await db._execute(_insert_log_batch, db._conn, rows)
 
     async def last_log_id(self) -> int:
         db = await self._conn()

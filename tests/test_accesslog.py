@@ -558,3 +558,26 @@ async def test_a_write_cancelled_while_it_begins_leaves_no_transaction_open(tmp_
     finally:
         await store.close()
     assert [r["request_id"] for r in store_rows(tmp_path / "gateway.db")] == ["old00000002"]
+
+
+async def test_a_batch_appended_in_one_trip_is_all_or_nothing_and_never_leaves_a_transaction_open(tmp_path):
+    # The access-log writer's insert runs BEGIN, the rows and COMMIT in one call in SQLite's thread.
+    store = await Store.open(tmp_path / "gateway.db")
+    try:
+        bad = {
+            **log_record(time.time(), 2),
+            "status": object(),
+        }  # SQLite cannot bind it: the batch is refused
+        with pytest.raises(sqlite3.Error):
+            await store.append_log([log_record(time.time(), 1), bad])
+        # Cancelled while it waits for the thread: the thread still finishes that transaction, one way or the other.
+        write = asyncio.ensure_future(store.append_log([log_record(time.time(), 3)]))
+        await asyncio.sleep(0)
+        write.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await write
+        await store.append_log([log_record(time.time(), 4), log_record(time.time(), 5)])
+    finally:
+        await store.close()
+    ids = [r["request_id"] for r in store_rows(tmp_path / "gateway.db")]
+    assert ids in (["old00000004", "old00000005"], ["old00000003", "old00000004", "old00000005"])
