@@ -159,13 +159,18 @@ class Gateway:
         }
 
     async def log(self, entry: dict[str, Any], started: float) -> None:
-        entry["duration_ms"] = round((time.perf_counter() - started) * 1000, 3)
-        key = (entry["outcome"], entry["status"])
-        self.outcomes[key] = self.outcomes.get(key, 0) + 1
-        wait = self.access_log.put(entry)
+        wait = self._record(entry, started)
         if wait is not None:
             # Shielded: a request cancelled while the log queue is full still leaves its one record.
             await asyncio.shield(wait)
+
+    def _record(self, entry: dict[str, Any], started: float) -> Any:
+        """Count and queue the record; an awaitable when the log queue is full (see `log`), else None."""
+        entry["duration_ms"] = round((time.perf_counter() - started) * 1000, 3)
+        key = (entry["outcome"], entry["status"])
+        outcomes = self.outcomes
+        outcomes[key] = outcomes.get(key, 0) + 1
+        return self.access_log.put(entry)
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.perf_counter()
@@ -187,7 +192,10 @@ class Gateway:
             if request.body_exists:
                 # Body bytes received from the client (a refused request's as far as they were read).
                 entry["bytes_in"] = request.content.total_bytes
-            await self.log(entry, started)
+            # Not `await self.log(...)`: a coroutine per request only for the rare full queue.
+            wait = self._record(entry, started)
+            if wait is not None:
+                await asyncio.shield(wait)
 
     async def refuse_unparsed(
         self, client_ip: str | None, method: str | None, target: str | None
@@ -255,7 +263,10 @@ class Gateway:
         token: TokenRecord | None = None
         if found.token:
             try:
-                token = await self.cache.get(digest_of(found.token))
+                digest = digest_of(found.token)
+                token = self.cache.cached(digest)
+                if token is None:
+                    token = await self.cache.get(digest)
             except StoreUnavailable:
                 return self._refuse(REFUSALS["unavailable"], entry)
             if token is not None:
@@ -359,7 +370,9 @@ class Gateway:
         route: Route | None,
         extra: list[tuple[str, str]] | tuple,
     ) -> web.StreamResponse:
-        headers = self._upstream_headers(request, found, token, entry["request_id"], decoded=body is not None)
+        headers = self._upstream_headers(
+            request, found, token, entry["request_id"], entry["client_ip"], decoded=body is not None
+        )
         if body is not None:
             payload: bytes | AsyncIterator[bytes] | None = found.body
             body_length = len(found.body) if found.body is not None else None
@@ -392,7 +405,13 @@ class Gateway:
         return self._refuse(refusal, entry)
 
     def _upstream_headers(
-        self, request: web.BaseRequest, found: Found, token: TokenRecord, request_id: str, decoded: bool
+        self,
+        request: web.BaseRequest,
+        found: Found,
+        token: TokenRecord,
+        request_id: str,
+        peer: str | None,
+        decoded: bool,
     ) -> list[tuple[str, str]]:
         drop = REQUEST_DROP
         raw = request.headers
@@ -410,7 +429,6 @@ class Gateway:
             for name, value in raw.items()
             if (low := name.lower()) not in drop and not low.startswith(IDENTITY_PREFIX)
         ]
-        peer = _peer_ip(request)
         forwarded_for = peer
         proto = "https" if request.secure else "http"
         host = raw.get("Host", "")

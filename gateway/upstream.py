@@ -686,7 +686,11 @@ class UpstreamPool:
         retry = stream is None and method in _IDEMPOTENT
         fresh = False
         while True:
-            conn, reused = await self._acquire(fresh)
+            conn = None if fresh else self._idle_conn()
+            if conn is not None:
+                reused = True
+            else:
+                conn, reused = await self._acquire(fresh)
             try:
                 return await conn._exchange(head, payload, stream, body_length, chunked, is_head)
             except UpstreamError:
@@ -703,6 +707,19 @@ class UpstreamPool:
 
     # -- pool bookkeeping ---------------------------------------------------------------------------
 
+    def _idle_conn(self) -> _Conn | None:
+        """A pooled connection taken without waiting (the usual case under load), else None."""
+        if self._closed:
+            return None  # _acquire raises
+        idle = self._idle
+        while idle:
+            conn = idle.pop()
+            if not conn._closed and not conn._transport.is_closing():
+                self._busy.add(conn)
+                return conn
+            conn._close()
+        return None
+
     async def _acquire(self, fresh: bool) -> tuple[_Conn, bool]:
         loop = self._loop
         deadline: float | None = None
@@ -714,12 +731,9 @@ class UpstreamPool:
                 if idle and len(idle) + len(self._busy) + self._connecting >= self._max_connections:
                     idle.pop(0)._close()
             else:
-                while idle:
-                    conn = idle.pop()
-                    if not conn._closed and not conn._transport.is_closing():
-                        self._busy.add(conn)
-                        return conn, True
-                    conn._close()
+                conn = self._idle_conn()
+                if conn is not None:
+                    return conn, True
             if len(idle) + len(self._busy) + self._connecting < self._max_connections:
                 return await self._connect(), False
             if deadline is None:
