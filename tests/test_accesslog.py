@@ -581,3 +581,21 @@ async def test_a_batch_appended_in_one_trip_is_all_or_nothing_and_never_leaves_a
         await store.close()
     ids = [r["request_id"] for r in store_rows(tmp_path / "gateway.db")]
     assert ids in (["old00000004", "old00000005"], ["old00000003", "old00000004", "old00000005"])
+
+
+async def test_a_batch_of_any_size_reaches_the_store_whole_and_in_order(tmp_path):
+    # append_log inserts 64 and 16 rows per statement and the rest one by one: every size boundary is crossed here.
+    store = await Store.open(tmp_path / "gateway.db")
+    records: list[dict[str, Any]] = []
+    try:
+        for size in [1, 15, 16, 17, 64, 65, 103, 200]:
+            batch = [
+                {**log_record(time.time(), len(records) + i), "bytes_out": len(records) + i}
+                for i in range(size)
+            ]
+            await store.append_log(batch)
+            records += batch
+    finally:
+        await store.close()
+    rows = store_rows(tmp_path / "gateway.db")
+    assert [{k: v for k, v in row.items() if k != "id"} for row in rows] == records
