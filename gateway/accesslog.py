@@ -419,7 +419,7 @@ class AccessLog:
         while self._store_records:
             batch = self._store_records[:STORE_BATCH]
             try:
-                await self.store.append_log(batch)
+                await self.store.insert_log(batch)
             except REFUSED_BY_STORE:
                 await self._insert_each()
                 continue

@@ -652,19 +652,8 @@ class Store:
     # --- access log --------------------------------------------------------------------------------------------
 
     async def insert_log(self, records: Sequence[dict[str, Any]]) -> None:
-        try:
-            rows = list(map(_log_row, records))  # the gateway's records carry every field
-        except KeyError:
-            rows = [tuple(r.get(f) for f in LOG_FIELDS) for r in records]
-
-        async def write(db: aiosqlite.Connection) -> None:
-            await db.executemany(_INSERT_LOG, rows)
-
-        await self._write(write)
-
-    async def append_log(self, records: Sequence[dict[str, Any]]) -> None:
-        """insert_log in one trip to SQLite's thread (BEGIN, insert and COMMIT are three): for the access-log
-        writer, which inserts a batch every few milliseconds under load and is never cancelled mid-batch.
+        """Access-log records in one transaction and one trip to SQLite's thread (BEGIN, insert and COMMIT through
+        `_write` would be three): the writer inserts a batch every few milliseconds under load.
 
         A call cancelled while it waits still completes its transaction in that thread (committed or rolled
         back, never left open)."""

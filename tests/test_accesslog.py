@@ -549,7 +549,7 @@ async def test_a_write_cancelled_while_it_begins_leaves_no_transaction_open(tmp_
     # Shutdown cancels the pruning task wherever it is; the writer must still be able to insert afterwards.
     store = await Store.open(tmp_path / "gateway.db")
     try:
-        write = asyncio.ensure_future(store.insert_log([log_record(time.time(), 1)]))
+        write = asyncio.ensure_future(store.record_last_used({"tok_x": time.time()}))
         await asyncio.sleep(0)  # now waiting for BEGIN IMMEDIATE in aiosqlite's thread
         write.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -569,14 +569,14 @@ async def test_a_batch_appended_in_one_trip_is_all_or_nothing_and_never_leaves_a
             "status": object(),
         }  # SQLite cannot bind it: the batch is refused
         with pytest.raises(sqlite3.Error):
-            await store.append_log([log_record(time.time(), 1), bad])
+            await store.insert_log([log_record(time.time(), 1), bad])
         # Cancelled while it waits for the thread: the thread still finishes that transaction, one way or the other.
-        write = asyncio.ensure_future(store.append_log([log_record(time.time(), 3)]))
+        write = asyncio.ensure_future(store.insert_log([log_record(time.time(), 3)]))
         await asyncio.sleep(0)
         write.cancel()
         with pytest.raises(asyncio.CancelledError):
             await write
-        await store.append_log([log_record(time.time(), 4), log_record(time.time(), 5)])
+        await store.insert_log([log_record(time.time(), 4), log_record(time.time(), 5)])
     finally:
         await store.close()
     ids = [r["request_id"] for r in store_rows(tmp_path / "gateway.db")]
@@ -584,7 +584,7 @@ async def test_a_batch_appended_in_one_trip_is_all_or_nothing_and_never_leaves_a
 
 
 async def test_a_batch_of_any_size_reaches_the_store_whole_and_in_order(tmp_path):
-    # append_log inserts 64 and 16 rows per statement and the rest one by one: every size boundary is crossed here.
+    # insert_log inserts 64 and 16 rows per statement and the rest one by one: every size boundary is crossed here.
     store = await Store.open(tmp_path / "gateway.db")
     records: list[dict[str, Any]] = []
     try:
@@ -593,7 +593,7 @@ async def test_a_batch_of_any_size_reaches_the_store_whole_and_in_order(tmp_path
                 {**log_record(time.time(), len(records) + i), "bytes_out": len(records) + i}
                 for i in range(size)
             ]
-            await store.append_log(batch)
+            await store.insert_log(batch)
             records += batch
     finally:
         await store.close()
