@@ -8,8 +8,6 @@ from typing import TYPE_CHECKING
 import orjson
 from aiohttp import web
 
-from gateway.store import StoreUnavailable
-
 if TYPE_CHECKING:
     from gateway.server import Worker
 
@@ -27,7 +25,7 @@ def admin_handler(worker: Worker) -> Callable[[web.BaseRequest], Awaitable[web.S
     async def health() -> web.Response:
         try:
             await worker.store.change_seq()
-        except (StoreUnavailable, Exception) as e:
+        except Exception as e:
             body = orjson.dumps({"status": "unavailable", "store": str(e)})
             return web.Response(status=503, body=body, content_type="application/json")
         return web.Response(body=b'{"status": "ok"}', content_type="application/json")

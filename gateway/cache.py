@@ -161,7 +161,7 @@ class TokenCache:
             await asyncio.sleep(interval)
             try:
                 await self.poll_changes()
-            except (StoreUnavailable, Exception) as e:
+            except Exception as e:
                 log.warning("cannot read the token change feed: %s", e)
 
     async def poll_changes(self) -> None:

@@ -239,7 +239,7 @@ class Gateway:
             length = _content_length(request)
             if length is not None and length > self.max_body:
                 raise BodyTooLarge
-            body = await self._read_body(request, length) if kind is not None else None
+            body = await self._read_body(request) if kind is not None else None
             found = find(spec, query, headers.getall("Authorization", []), content_type, body)
             found = without_method_override(found, content_type)
         except BodyTooLarge:
@@ -311,7 +311,7 @@ class Gateway:
 
     # --- body ----------------------------------------------------------------------------------------------------
 
-    async def _read_body(self, request: web.BaseRequest, length: int | None) -> bytes:
+    async def _read_body(self, request: web.BaseRequest) -> bytes:
         """Buffer a body the gateway must read for a credential, bounded by max_body and body_timeout."""
         limit = self.max_body
         chunks: list[bytes] = []
@@ -338,7 +338,7 @@ class Gateway:
                 raise MalformedRequest("truncated compressed body")
         return body
 
-    async def _stream_body(self, request: web.BaseRequest, length: int | None) -> AsyncIterator[bytes]:
+    async def _stream_body(self, request: web.BaseRequest) -> AsyncIterator[bytes]:
         limit = self.max_body
         size = 0
         timeout = self.body_timeout
@@ -377,7 +377,7 @@ class Gateway:
             payload: bytes | AsyncIterator[bytes] | None = found.body
             body_length = len(found.body) if found.body is not None else None
         elif request.body_exists:
-            payload = self._stream_body(request, length)
+            payload = self._stream_body(request)
             body_length = length
         else:
             payload, body_length = None, None
