@@ -132,7 +132,8 @@ class LogFile:
         return self.rotate
 
     def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Records carry client addresses and token names: the gateway's user writes, its group (log shippers) reads.
+        self.path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
         old, self.fd = self.fd, fd
         st = os.fstat(fd)

@@ -635,7 +635,8 @@ def parse(
     env: dict[str, str] | None = None,
     secrets: bool = True,
 ) -> Config:
-    """Build a Config from parsed TOML; `base` is the folder `include` paths are relative to.
+    """Build a Config from parsed TOML; `base` is the folder relative paths (store, access log, include) are
+    relative to: the config file's. Without it they stay as written.
 
     With `secrets=False` a seeded token whose `secret_env` is unset gets an empty digest instead of an error: for
     commands that never seed, so that an operator's shell needs no seeded secrets to manage tokens.
@@ -670,6 +671,9 @@ def parse(
             "credentials: every credential place is disabled; enable query_param, body_field or bearer"
         )
 
+    _check_listeners(sections["server"], sections["admin"])
+    if base is not None:
+        sections["store"], sections["access_log"] = _resolved(base, sections["store"], sections["access_log"])
     cfg = Config(**sections, token_types=token_types, routes=routes, tokens=())
     known_sections = cfg.sections
     seeds: list[TokenSeed] = []
@@ -695,6 +699,34 @@ def parse(
     return dataclasses.replace(cfg, tokens=tuple(seeds))
 
 
+_ANY_HOST = frozenset({"", "0.0.0.0", "::", "*"})
+
+
+def _check_listeners(server: ServerConfig, admin: AdminConfig) -> None:
+    """The admin API must never share the proxy's port: the proxy port serves only the guarded API."""
+    proxy, control = server.listen, admin.listen
+    if proxy.port == 0 or proxy.port != control.port:
+        return  # port 0 asks for any free port, so two of them never clash
+    if proxy.host == control.host or proxy.host in _ANY_HOST or control.host in _ANY_HOST:
+        raise ConfigError(
+            f'admin.listen: "{control}" clashes with server.listen "{proxy}"; give the admin API a port of its '
+            f'own, e.g. "127.0.0.1:{proxy.port + 1}"'
+        )
+
+
+def _resolved(
+    base: Path, store: StoreConfig, access_log: AccessLogConfig
+) -> tuple[StoreConfig, AccessLogConfig]:
+    """Relative paths are relative to the config file's folder, never to the working directory: the CLI run from
+    elsewhere with --config must open the very store the running gateway serves, not create an empty one."""
+    if not store.database.is_absolute():
+        store = dataclasses.replace(store, database=Path(os.path.normpath(base / store.database)))
+    log_path = Path(access_log.path)
+    if access_log.path != "-" and not log_path.is_absolute():
+        access_log = dataclasses.replace(access_log, path=os.path.normpath(base / log_path))
+    return store, access_log
+
+
 def resolve_path(path: str | os.PathLike[str] | None) -> Path:
     return Path(path or os.environ.get("GATEWAY_CONFIG") or DEFAULT_PATH)
 
@@ -704,4 +736,4 @@ def load(
 ) -> Config:
     p = resolve_path(path)
     raw = _read_toml(p)
-    return dataclasses.replace(parse(raw, base=p.parent, env=env, secrets=secrets), source=p)
+    return dataclasses.replace(parse(raw, base=p.absolute().parent, env=env, secrets=secrets), source=p)

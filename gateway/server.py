@@ -119,27 +119,31 @@ class Worker:
         self.clock = clock
         self.worker_id = worker_id
         self.stopped = asyncio.Event()
-        self._tasks: list[asyncio.Task[Any]] = []
-        self._runner: web.ServerRunner | None = None
-        self._admin_runner: web.ServerRunner | None = None
+        self._stack = contextlib.AsyncExitStack()  # what stop() closes, filled by start()
         self.port = 0
         self.admin_port = 0
 
     async def start(self) -> None:
-        cfg = self.config
+        """Open every resource next to the clean-up that closes it: a failure half-way (a port taken, an access
+        log that cannot be written) closes what was opened, so the process exits instead of hanging on aiosqlite
+        threads that were never closed."""
         try:
             require_c_parser()
         except StartupRefused as e:
             raise StartupError(str(e)) from None
-        try:
-            self.store = await Store.open(cfg.store.database, cfg.store.busy_timeout)
-        except Exception as e:
-            raise StartupError(f"cannot open the store {cfg.store.database}: {e}") from None
+        async with contextlib.AsyncExitStack() as stack:
+            await self._open(stack)
+            self._stack = stack.pop_all()
+
+    async def _open(self, stack: contextlib.AsyncExitStack) -> None:
+        # Closed last to first: listeners stop and in-flight requests finish before the log and stores close.
+        cfg = self.config
+        self.store = await _open_store(cfg)
+        stack.push_async_callback(self.store.close)
         if self._seeds:
             try:
                 await self.store.seed(cfg.tokens)
             except StoreConflict as e:
-                await self.store.close()
                 raise ConfigError(f"tokens: {e}") from None
         self.cache = TokenCache(
             self.store,
@@ -148,19 +152,20 @@ class Worker:
             negative_size=cfg.cache.negative_size,
             negative_ttl=cfg.cache.negative_ttl,
         )
-        self._tasks.append(await self.cache.start_following(CHANGE_POLL))
-        self.log_store = await Store.open(cfg.store.database, cfg.store.busy_timeout)
+        stack.push_async_callback(_cancel, await self.cache.start_following(CHANGE_POLL))
+        # A second connection for the access log's batches and last-use writes, so that they never queue
+        # token lookups behind them on one SQLite thread.
+        self.log_store = await _open_store(cfg)
+        stack.push_async_callback(self.log_store.close)
         self.access_log = AccessLog(cfg.access_log, self.log_store, clock=self.clock)
         try:
             await self.access_log.start()
         except OSError as e:
-            for task in self._tasks:
-                task.cancel()
-            await self.store.close()
-            await self.log_store.close()
             raise StartupError(
                 f"cannot open the access log {cfg.access_log.path}: {e.strerror or e}"
             ) from None
+        stack.push_async_callback(self.access_log.close)
+        stack.push_async_callback(self.flush_last_used)  # before the access log closes, after requests end
         self.upstream = UpstreamPool(
             cfg.upstream.url,
             connect_timeout=cfg.upstream.connect_timeout,
@@ -168,7 +173,9 @@ class Worker:
             max_connections=cfg.upstream.max_connections,
             pool_timeout=cfg.upstream.pool_timeout,
         )
+        stack.push_async_callback(self.upstream.close)
         self.limiter = make_limiter(cfg, clock=self.clock)
+        stack.push_async_callback(self.limiter.close)
         self.gateway = Gateway(
             cfg,
             cache=self.cache,
@@ -185,28 +192,27 @@ class Worker:
             handler_cancellation=True,
             auto_decompress=False,  # the gateway decides what to do with encoded bodies; see proxy._read_body
         )
-        self._runner = web.ServerRunner(
-            server, handle_signals=False, shutdown_timeout=cfg.server.shutdown_grace
-        )
-        await self._runner.setup()
+        runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=cfg.server.shutdown_grace)
+        await runner.setup()
+        # Stops listening, lets in-flight requests finish (up to shutdown_grace), closes idle connections.
+        stack.push_async_callback(runner.cleanup)
         sock = self._sock or listen_socket(cfg.server.listen.host, cfg.server.listen.port, reuse_port=False)
-        site = web.SockSite(self._runner, sock, backlog=BACKLOG)
+        site = web.SockSite(runner, sock, backlog=BACKLOG)
         await site.start()
         self.port = sock.getsockname()[1]
         if self._serve_admin:
-            await self._start_admin()
-        self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
+            await self._start_admin(stack)
+        stack.push_async_callback(_cancel, asyncio.create_task(self._housekeeping(), name="housekeeping"))
 
-    async def _start_admin(self) -> None:
+    async def _start_admin(self, stack: contextlib.AsyncExitStack) -> None:
         from gateway.admin import admin_handler
 
         listen = self.config.admin.listen
-        self._admin_runner = web.ServerRunner(
-            web.Server(admin_handler(self), access_log=None), handle_signals=False
-        )
-        await self._admin_runner.setup()
+        runner = web.ServerRunner(web.Server(admin_handler(self), access_log=None), handle_signals=False)
+        await runner.setup()
+        stack.push_async_callback(runner.cleanup)
         sock = listen_socket(listen.host, listen.port, reuse_port=False)
-        await web.SockSite(self._admin_runner, sock).start()
+        await web.SockSite(runner, sock).start()
         self.admin_port = sock.getsockname()[1]
 
     async def _housekeeping(self) -> None:
@@ -248,26 +254,21 @@ class Worker:
         log.info("configuration reloaded from %s", source)
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            # Stops listening, lets in-flight requests finish (up to shutdown_grace), closes idle connections.
-            await self._runner.cleanup()
-            self._runner = None
-        if self._admin_runner is not None:
-            await self._admin_runner.cleanup()
-            self._admin_runner = None
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks.clear()
-        await self.flush_last_used()
-        await self.access_log.close()
-        await self.limiter.close()
-        await self.upstream.close()
-        await self.store.close()
-        await self.log_store.close()
+        await self._stack.aclose()
         self.stopped.set()
+
+
+async def _open_store(cfg: Config) -> Store:
+    try:
+        return await Store.open(cfg.store.database, cfg.store.busy_timeout)
+    except Exception as e:
+        raise StartupError(f"cannot open the store {cfg.store.database}: {e}") from None
+
+
+async def _cancel(task: asyncio.Task[Any]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def _run_worker(config: Config, **kwargs: Any) -> None:
@@ -332,6 +333,8 @@ class Master:
         asyncio.run(seed(self.config))
         # Checked here so that a taken port is one clear error, not N dying workers.
         listen_socket(self.config.server.listen.host, self.config.server.listen.port, reuse_port=True).close()
+        admin = self.config.admin.listen
+        listen_socket(admin.host, admin.port, reuse_port=False).close()
         signal.pthread_sigmask(signal.SIG_BLOCK, self.SIGNALS)
         for worker_id in range(self.count):
             self._spawn(worker_id)

@@ -224,6 +224,27 @@ def _insert_log_batch(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> 
         raise
 
 
+STORE_MODE = 0o600  # secret digests and client addresses: the gateway's user only
+STORE_FOLDER_MODE = 0o700
+
+
+def _create_private(path: Path) -> None:
+    """Create the store file (and its folder) readable by the gateway's user only, whatever the umask.
+
+    An empty file is a valid new SQLite database. SQLite creates the -wal and -shm files with the mode of the
+    database file, so they are 0600 too. An existing store keeps the mode its operator gave it.
+    """
+    if path.exists():
+        return
+    path.parent.mkdir(mode=STORE_FOLDER_MODE, parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, STORE_MODE)
+    except FileExistsError:
+        return  # another worker or the CLI made it first
+    os.fchmod(fd, STORE_MODE)  # the umask may have taken bits away, never added: this only states it
+    os.close(fd)
+
+
 class Store:
     """One aiosqlite connection (one thread); every method is a short transaction."""
 
@@ -256,7 +277,7 @@ class Store:
             uri = "file:" + urllib.parse.quote(str(self.path.absolute())) + "?mode=rw"
             db = await aiosqlite.connect(uri, uri=True, timeout=self.busy_timeout, isolation_level=None)
         else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            _create_private(self.path)
             db = await aiosqlite.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
         try:
             identity = _file_identity(self.path)
