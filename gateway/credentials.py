@@ -188,12 +188,15 @@ def redact_query(spec: CredentialSpec, query: str) -> str:
 def redact_target(spec: CredentialSpec, target: str) -> tuple[str, str]:
     """(path, query) of a request-target that could not be normalised, safe to log; never raises.
 
-    The fragment is dropped, userinfo of an absolute-form target hidden, and credential parameters removed from
-    the query and from `;` path parameters.
+    The fragment is dropped, userinfo of an absolute-form target hidden, the path cut at an encoded delimiter, and
+    credential parameters removed from the query and from `;` path parameters.
     """
     target = target.partition("#")[0]
     path, _, query = target.partition("?")
     path = _USERINFO.sub(r"\1***@", path, count=1)
+    # An encoded `?`, `#` or `;` in the path starts, to an upstream that decodes first, a query, a fragment or a
+    # parameter that may carry a credential: the logged path ends there.
+    path = _ENCODED_DELIMITER.split(path, maxsplit=1)[0]
     if spec.query_param is not None and ";" in path:
         name = _name(spec.query_param)
         path = _PATH_PARAMETER.sub(
@@ -205,6 +208,7 @@ def redact_target(spec: CredentialSpec, target: str) -> tuple[str, str]:
 _LOG_SEPARATOR = re.compile(r"([&;])")
 _USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?@]*@")
 _PATH_PARAMETER = re.compile(r";([^;/]*)")
+_ENCODED_DELIMITER = re.compile(r"%(?:3[fFbB]|23)")
 
 
 # -- names ------------------------------------------------------------------------------------------------------

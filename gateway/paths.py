@@ -29,7 +29,10 @@ _LONE_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _DOUBLE_ENCODED = re.compile(r"%25[0-9A-Fa-f]{2}")
 
 _UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
-_FORBIDDEN_ESCAPES = frozenset([*range(0x20), 0x2F, 0x5C, 0x7F])
+# Encoded `/` and `\` are separators to some servers; encoded `?`, `#` and `;` end the path for an upstream that
+# decodes the target before splitting it (a PHP front controller doing `urldecode($_SERVER['REQUEST_URI'])`), which
+# would then read another path and a query the gateway never saw.
+_FORBIDDEN_ESCAPES = frozenset([*range(0x20), 0x23, 0x2F, 0x3B, 0x3F, 0x5C, 0x7F])
 # Printable ASCII that is not allowed unencoded in a URI path but that aiohttp lets through: encoding it gives
 # one spelling per path, so `/a|b` and `/a%7Cb` match the same route.
 _ENCODE_LITERALS = str.maketrans({c: f"%{ord(c):02X}" for c in '"<>[]^`{|}'})
@@ -81,7 +84,7 @@ def _canonical_escape(escape: re.Match[str]) -> str:
     if byte in _UNRESERVED:
         return chr(byte)
     if byte in _FORBIDDEN_ESCAPES:
-        raise MalformedRequest("encoded slash, backslash or control character in path")
+        raise MalformedRequest("encoded slash, backslash, delimiter or control character in path")
     return "%" + escape[1].upper()
 
 

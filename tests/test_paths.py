@@ -63,9 +63,7 @@ from gateway.paths import normalise
         ("/a//..//b", "/b", ""),
         # unreserved escapes decode, the rest stay encoded with uppercase hex
         ("/%41%62%7e%2d%5f%30", "/Ab~-_0", ""),
-        ("/a%3bb", "/a%3Bb", ""),
         ("/a%20b", "/a%20b", ""),
-        ("/a%3Fb%23c", "/a%3Fb%23c", ""),
         ("/caf%c3%a9", "/caf%C3%A9", ""),
         ("/100%25", "/100%25", ""),
         ("/%25zz", "/%25zz", ""),
@@ -119,6 +117,12 @@ def test_a_safe_target_is_normalised(target: str, path: str, query: str) -> None
         "/a%1F",
         "/a%7f",
         "/a%0d%0aX-Injected:%201",
+        # encoded delimiters: an upstream that decodes before splitting reads another path and query
+        "/a%3bb",
+        "/a%3Bb",
+        "/a%3Fb",
+        "/a%3fauth_token=x",
+        "/a%23c",
         # double encoding
         "/%252e",
         "/%252E%252E/x",
