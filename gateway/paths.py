@@ -7,6 +7,7 @@ fragments, escapes that are not UTF-8) is refused rather than guessed at.
 from __future__ import annotations
 
 import re
+import unicodedata
 from urllib.parse import unquote_to_bytes
 
 from gateway.errors import MalformedRequest
@@ -69,14 +70,27 @@ def _canonical_escapes(path: str) -> str:
         raise MalformedRequest("'%' not followed by two hex digits")
     try:
         # Strict: overlong forms (%C0%AE), surrogates and stray continuation bytes are refused.
-        unquote_to_bytes(path).decode("utf-8")
+        decoded = unquote_to_bytes(path).decode("utf-8")
     except UnicodeDecodeError as exc:
         raise MalformedRequest("path escapes are not UTF-8") from exc
+    if not decoded.isascii() and _nfkc_adds_syntax(decoded):
+        raise MalformedRequest("path characters that NFKC turns into '/', '.', '\\', '%' or a delimiter")
     path = _ESCAPE.sub(_canonical_escape, path)
     # Checked after decoding so that `%25%32%65` cannot assemble a double encoding either.
     if _DOUBLE_ENCODED.search(path):
         raise MalformedRequest("double-encoded path")
     return path
+
+
+# What an upstream applying NFKC (Python's and Java's IDNA-style path handling, some .NET and PHP normalisers)
+# must not find more of than we matched on: U+FF0E FULLWIDTH FULL STOP, U+2024 ONE DOT LEADER, U+FF0F FULLWIDTH
+# SOLIDUS, U+FF05 FULLWIDTH PERCENT SIGN and their kin would become `..`, `/` or a new escape.
+_SYNTAX = "/.\\%?#;"
+
+
+def _nfkc_adds_syntax(decoded: str) -> bool:
+    normal = unicodedata.normalize("NFKC", decoded)
+    return any(normal.count(c) != decoded.count(c) for c in _SYNTAX)
 
 
 def _canonical_escape(escape: re.Match[str]) -> str:

@@ -222,7 +222,7 @@ class Gateway:
             entry["path"], entry["query"] = redact_target(self.spec, target)
             return self._refuse(REFUSALS["malformed"], entry)
         entry["path"] = path
-        route = self.router.match(path, request.method)
+        route = self.router.route(path, request.method, allow_unmatched=self.allow_unmatched)
         if route is not None:
             entry["route"] = route.pattern
             entry["permission"] = route.permission

@@ -142,5 +142,5 @@ def test_upstream_receives_exactly_the_authorised_path(
     # The upstream's path is canonical: normalising it again changes nothing, so upstream and gateway agree on it.
     assert normalise(received)[0] == received
     # And the route decided for that very path is one the reader holds.
-    route = router.match(received, "GET")
+    route = router.route(received, "GET", allow_unmatched=False)
     assert route is not None and route.permission == "leads:read", (target, received)

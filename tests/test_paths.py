@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import re
-from urllib.parse import unquote, unquote_to_bytes
+import unicodedata
+from urllib.parse import quote, unquote, unquote_to_bytes
 
 import pytest
 from aiohttp import http_parser, web, web_protocol
@@ -295,3 +296,20 @@ async def test_aiohttp_hands_normalise_the_raw_target(parser: str, monkeypatch: 
     finally:
         server.close()
         await server.wait_closed()
+
+
+# Characters whose NFKC form is path syntax (fullwidth and small forms, dot leaders), beside ordinary non-ASCII.
+_NFKC_PIECES = "\uff0e\u2024\u2025\u2026\ufe52\uff0f\uff3c\uff05\uff1f\uff03\uff1b\u00e9\u6771a./"
+
+
+@given(st.text(alphabet=_NFKC_PIECES, min_size=1, max_size=12))
+def test_no_normalised_path_gains_syntax_under_nfkc(text: str) -> None:
+    target = "/x/" + quote(text, safe="/")
+    try:
+        path, _ = normalise(target)
+    except MalformedRequest:
+        return
+    decoded = unquote(path)
+    normal = unicodedata.normalize("NFKC", decoded)
+    for c in "/.\\%?#;":
+        assert normal.count(c) == decoded.count(c), (target, path)
