@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import re
+import unicodedata
 from dataclasses import dataclass
 from json import JSONDecoder
 from json.decoder import scanstring
@@ -59,23 +60,47 @@ def body_kind(spec: CredentialSpec, content_type: str | None) -> BodyKind:
 
 
 def media_kind(content_type: str | None) -> BodyKind:
-    """Which kind of parameter-carrying body this is (and so must be buffered and read); None: stream it unread."""
-    if not content_type:
-        return None
+    """Which kind of parameter-carrying body this is (and so must be buffered and read); None: stream it unread.
+
+    Every type a common framework parses for parameters is read (SECURITY.md, "Where frameworks read the
+    credential"): no Content-Type at all (Rack takes such a POST for a form), any `urlencoded` type, every
+    `multipart/*`, and JSON as Rails (`text/x-json`, `application/jsonrequest`), ASP.NET Core (`text/json`) and
+    Spring (`application/*+json`) accept it. Binary and text types stream unread.
+    """
+    if content_type is None:
+        return "form"
     media_type = content_type.strip()
     end = _MEDIA_TYPE_END.search(media_type)
     if end is not None:
         media_type = media_type[: end.start()]
     media_type = media_type.lower()
+    if not media_type:
+        return "form"
     if media_type == "application/x-www-form-urlencoded":
         return "form"
-    if media_type == "multipart/form-data":
+    top, _, subtype = media_type.partition("/")
+    if top == "multipart":
         return "multipart"
-    if media_type == "application/json" or (
-        media_type.startswith("application/") and media_type.endswith("+json")
-    ):
+    if subtype in _JSON_SUBTYPES or subtype.endswith("+json"):
         return "json"
+    if "urlencoded" in subtype.replace("-", ""):
+        return "form"
     return None
+
+
+_JSON_SUBTYPES = frozenset({"json", "x-json", "jsonrequest"})
+# Charsets a read body may declare: anything else (UTF-16 forms, ASP.NET's and Spring's transcoding of JSON) would
+# let the upstream read names and values we cannot, so it is refused rather than guessed at.
+_READABLE_CHARSETS = frozenset({"utf-8", "utf8", "us-ascii", "ascii"})
+
+
+def check_charset(content_type: str | None) -> None:
+    """Refuse a read body whose declared charset the upstream could decode differently from us."""
+    if not content_type or "charset" not in content_type.lower():
+        return
+    for key, value, _ in _parameters(content_type.partition(";")[2] if ";" in content_type else ""):
+        if key == "charset" and value.lower() not in _READABLE_CHARSETS:
+            raise MalformedRequest(f"body charset {value!r}: only UTF-8 bodies are read for credentials")
 
 
 def find(
@@ -125,14 +150,13 @@ def _scan_body(
     kind: BodyKind, name: _Name, content_type: str, body: bytes, strip: bool
 ) -> tuple[list[str], bytes | None]:
     if kind == "form":
-        if b"%" in body or name.probe_bytes.search(body.lower()):
+        if b"%" in body or _mentions(name, body):
             values, stripped = _scan_form(body.decode("latin-1"), name, strip)
             return values, None if stripped is None else stripped.encode("latin-1")
         return [], None
     if kind == "json":
         # `\u` escapes can spell any key; NUL bytes suggest UTF-16, which some parsers would accept.
-        suspicious = b"\\u" in body or b"\0" in body or body.startswith(b"\xef\xbb\xbf")
-        if suspicious or name.probe_bytes.search(body.lower()):
+        if b"\\u" in body or b"\0" in body or _mentions(name, body):
             return _scan_json(body, name, strip)
         return [], None
     # No probe for multipart: finding the delimiters costs less than searching the body for every spelling of
@@ -236,6 +260,37 @@ def _name(configured: str) -> _Name:
     )
 
 
+def _mentions(name: _Name, data: bytes) -> bool:
+    """Whether `data` may spell the name anywhere: a miss means no parse is needed.
+
+    Non-ASCII can spell it too (KELVIN SIGN U+212A and LONG S U+017F case-fold to `k` and `s`, fullwidth letters
+    NFKC-normalise to ASCII), so such data is folded first; C-speed either way.
+    """
+    if name.probe_bytes.search(data.lower()):
+        return True
+    if data.isascii():
+        return False
+    return name.probe.search(_fold_text(data.decode("utf-8", "replace"))) is not None
+
+
+def _fold_text(text: str) -> str:
+    """NFKC and case folding, as the most lenient upstream compares names (Java's equalsIgnoreCase, .NET, NFKC)."""
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
+
+
+def _names_credential(raw: bytes, name: _Name) -> bool:
+    """Whether a name, as raw bytes, is the credential's to PHP or, folded, to a lenient upstream."""
+    if _php_name(raw) == name.canonical:
+        return True
+    if raw.isascii():
+        return False
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False  # no upstream reads an invalid UTF-8 name as text
+    return _php_name(_fold_text(text).encode("utf-8")) == name.canonical
+
+
 _PHP_MANGLE = bytes.maketrans(b" .", b"__")
 _PHP_MANGLE_REST = bytes.maketrans(b" .[", b"___")
 
@@ -266,9 +321,9 @@ _PHP_SPECIAL = re.compile(r"[%+. \[\0]")
 def _is_form_credential(raw_name: str, name: _Name) -> bool:
     if raw_name.lower() == name.plain:
         return True
-    if not _PHP_SPECIAL.search(raw_name):
+    if raw_name.isascii() and not _PHP_SPECIAL.search(raw_name):
         return False
-    return _php_name(_form_decode(raw_name)) == name.canonical
+    return _names_credential(_form_decode(raw_name), name)
 
 
 def _form_decode(text: str) -> bytes:
@@ -281,12 +336,26 @@ def _form_decode(text: str) -> bytes:
 
 
 def _scan_form(text: str, name: _Name, strip: bool) -> tuple[list[str], str | None]:
-    """Credential values of an urlencoded text, and the text without them when stripping removed anything."""
-    if text.count("&") >= MAX_ENTRIES:
+    """Credential values of an urlencoded text, and the text without them when stripping removed anything.
+
+    `;` separates parameters too: Rack before 3 and Go before 1.17 split on it, so `x=1;auth_token=B` carries a
+    credential to them. A `;` piece naming the credential is one like any other (decided on, conflicting, stripped);
+    every other `;` stays where it was.
+    """
+    if text.count("&") + text.count(";") >= MAX_ENTRIES:
         raise MalformedRequest(f"more than {MAX_ENTRIES} parameters")
     values: list[str] = []
     kept: list[str] = []
     for pair in text.split("&"):
+        if ";" in pair:
+            pieces = pair.split(";")
+            rest = [piece for piece in pieces if not _is_form_credential(piece.partition("=")[0], name)]
+            if len(rest) != len(pieces):
+                values += [_form_value(p.partition("=")[2]) for p in pieces if p not in rest]
+                pair = ";".join(rest)
+                if pair:
+                    kept.append(pair)
+                continue
         raw_name, _, raw_value = pair.partition("=")
         if _is_form_credential(raw_name, name):
             values.append(_form_value(raw_value))
@@ -409,9 +478,9 @@ def _is_json_credential(key: str, name: _Name) -> bool:
     lowered = key.lower()
     if lowered == name.plain:
         return True
-    if not _PHP_SPECIAL.search(key):
+    if key.isascii() and not _PHP_SPECIAL.search(key):
         return False
-    return _php_name(key.encode("utf-8", "surrogatepass")) == name.canonical
+    return _names_credential(key.encode("utf-8", "surrogatepass"), name)
 
 
 # -- multipart/form-data --------------------------------------------------------------------------------------------
@@ -522,7 +591,7 @@ def _is_part_credential(disposition: str, name: _Name) -> bool:
     # Quoted-string unescaping (RFC) or not (PHP), and PHP's single quotes: any reading that names the credential.
     candidates = {value, raw}
     candidates |= {c[1:-1] for c in candidates if len(c) >= 2 and c[0] == c[-1] == "'"}
-    return any(_php_name(c.encode("latin-1")) == name.canonical for c in candidates)
+    return any(_names_credential(c.encode("latin-1", "replace"), name) for c in candidates)
 
 
 def _boundary(content_type: str) -> bytes:
@@ -564,6 +633,33 @@ def _parameters(header: str) -> list[tuple[str, str, str]]:
         position = item.end() + 1
         if position > len(header):
             return parameters
+
+
+# -- cookies ------------------------------------------------------------------------------------------------------
+
+
+def refuse_credential_cookies(spec: CredentialSpec, cookies: list[str]) -> None:
+    """Raise MalformedRequest when a cookie is named like the credential.
+
+    PHP merges cookies into `$_REQUEST` (with no php.ini, or `request_order` naming C) and ASP.NET's `Request[name]`
+    reads them, so such a cookie is a credential the gateway never decided on. The contract lists no cookie place,
+    so it is refused rather than read. The cookie header is split like PHP splits it (`;` and `,`).
+    """
+    names = [_name(n) for n in (spec.query_param, spec.body_field) if n is not None]
+    for header in cookies:
+        if (
+            not any(name.probe.search(header.lower()) for name in names)
+            and "%" not in header
+            and header.isascii()
+        ):
+            continue
+        for pair in _COOKIE_SEPARATOR.split(header):
+            raw = pair.partition("=")[0].strip(" \t")
+            if raw and any(_is_form_credential(raw, name) for name in names):
+                raise MalformedRequest("a cookie named like the credential")
+
+
+_COOKIE_SEPARATOR = re.compile(r"[;,]")
 
 
 # -- Authorization ----------------------------------------------------------------------------------------------

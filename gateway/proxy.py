@@ -27,7 +27,16 @@ from multidict import CIMultiDict
 from gateway import paths, policy
 from gateway.cache import TokenCache
 from gateway.config import Config, Route
-from gateway.credentials import Found, find, media_kind, redact_query, redact_target, without_method_override
+from gateway.credentials import (
+    Found,
+    check_charset,
+    find,
+    media_kind,
+    redact_query,
+    redact_target,
+    refuse_credential_cookies,
+    without_method_override,
+)
 from gateway.errors import REFUSALS, CredentialConflict, MalformedRequest, Refusal
 from gateway.limits import Limiter, needs_limits
 from gateway.routes import Router
@@ -239,6 +248,10 @@ class Gateway:
             length = _content_length(request)
             if length is not None and length > self.max_body:
                 raise BodyTooLarge
+            if kind is not None and kind != "multipart":
+                check_charset(content_type)
+            if "Cookie" in headers:
+                refuse_credential_cookies(spec, headers.getall("Cookie"))
             body = await self._read_body(request) if kind is not None else None
             found = find(spec, query, headers.getall("Authorization", []), content_type, body)
             found = without_method_override(found, content_type)
@@ -323,7 +336,11 @@ class Gateway:
                     raise BodyTooLarge
                 chunks.append(chunk)
         body = b"".join(chunks)
-        encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+        encodings = request.headers.getall("Content-Encoding", ())
+        if len(encodings) > 1 or "," in (encodings[0] if encodings else ""):
+            # Layered or repeated codings: decoding only some of them would forward bytes its headers misdescribe.
+            raise MalformedRequest("more than one Content-Encoding")
+        encoding = encodings[0].strip().lower() if encodings else ""
         if encoding not in ("", "identity"):
             # The credential may sit inside a compressed body: decode it ourselves (bounded) and forward the
             # decoded body, so the headers always describe the bytes the upstream receives.

@@ -224,7 +224,7 @@ async def test_no_secret_reaches_the_file_or_the_store(start_gateway, upstream):
         ),
         ("POST", "/v1/leads/search?list_id=5", json, b'{"auth_token": "' + UNKNOWN.encode() + b'" "x"}', 400),
         ("POST", f"/v1/leads/search?auth_token={READER}&list_id=5", form, b"x" * 2048, 413),
-        # a separator PHP does not split on still never shows the token in the log
+        # `;` separates parameters for Rack < 3 and Go < 1.17: the token behind it is read (and not logged)
         ("GET", f"/v1/leads/search?list_id=5;auth_token={UNKNOWN}", {}, b"", 401),
     ]
     for method, target, headers, body, status in sent:
@@ -254,11 +254,10 @@ async def test_no_secret_reaches_the_file_or_the_store(start_gateway, upstream):
     by_outcome = Counter(r["outcome"] for r in records)
     assert by_outcome == {
         "allowed": 4,
-        "invalid": 4,
+        "invalid": 5,
         "forbidden": 4,
         "conflict": 2,
         "malformed": 8,
-        "missing": 1,
     }
     # bytes_in counts what the client sent, refused or not, before the credential was taken out.
     bodies = sorted(len(body) for method, target, _, body, status in sent if status == 200)

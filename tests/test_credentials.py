@@ -47,15 +47,27 @@ def multipart(*parts: tuple[str, bytes], preamble: bytes = b"", epilogue: bytes 
         ("application/vnd.api+json", "json"),
         ("Application/Problem+JSON", "json"),
         ("text/plain", None),
-        ("text/json", None),
         ("application/octet-stream", None),
-        ("multipart/mixed; boundary=x", None),
+        ("application/xml", None),
+        ("image/png", None),
         ("application/jsonx", None),
-        ("", None),
-        (None, None),
+        # every place a common framework reads parameters from (SECURITY.md): read, never streamed unread
+        ("text/json", "json"),  # ASP.NET Core
+        ("text/x-json", "json"),  # Rails
+        ("application/jsonrequest", "json"),  # Rails
+        ("application/x-json", "json"),
+        ("text/vnd.custom+json", "json"),
+        ("multipart/mixed; boundary=x", "multipart"),
+        ("Multipart/Related; boundary=x", "multipart"),
+        ("application/x-url-encoded", "form"),
+        ("text/x-www-form-urlencoded", "form"),
+        ("", "form"),  # Rack reads a POST without a Content-Type as a form
+        (None, "form"),
     ],
 )
-def test_only_form_multipart_and_json_bodies_are_read(content_type: str | None, kind: str | None) -> None:
+def test_form_multipart_and_json_bodies_under_any_type_a_framework_parses_are_read(
+    content_type: str | None, kind: str | None
+) -> None:
     assert body_kind(SPEC, content_type) == kind
 
 
