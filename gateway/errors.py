@@ -53,5 +53,8 @@ REFUSALS: dict[str, Refusal] = {
         _refusal("upstream_timeout", 504, "Upstream timed out", outcome="upstream_error"),
         _refusal("upstream_busy", 503, "Upstream unavailable", outcome="upstream_error"),
         _refusal("unavailable", 503, "Authentication service unavailable"),
+        # A bug of ours, never a client's fault; the contract has no row for it. Logged as "unavailable" (the
+        # gateway could not serve the request) with status 500, so a dashboard counting 5xx sees it.
+        _refusal("internal", 500, "Internal error", outcome="unavailable"),
     )
 }

@@ -11,12 +11,15 @@ from __future__ import annotations
 import asyncio
 import functools
 import ipaddress
+import logging
 import os
 import re
 import time
+import traceback
 import zlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
+from urllib.parse import quote
 
 from aiohttp import web
 from aiohttp.helpers import rfc822_formatted_time
@@ -60,7 +63,9 @@ HOP_BY_HOP = frozenset(
     }
 )
 # Request headers the gateway sets itself or refuses to pass on: a client must not be able to forge identity,
-# override the method the permission was decided on, or ask the upstream for an interim 100 on our behalf.
+# make the upstream run another method or path than the one the permission was decided on (Symfony, Laravel,
+# IIS URL Rewrite, Spring's ForwardedHeaderFilter and Traefik-style middlewares read these), or ask the upstream for
+# an interim 100 on our behalf.
 REQUEST_DROP = HOP_BY_HOP | {
     "host",
     "expect",
@@ -73,9 +78,17 @@ REQUEST_DROP = HOP_BY_HOP | {
     "x-http-method-override",
     "x-http-method",
     "x-method-override",
+    "x-original-method",
+    "x-forwarded-method",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-forwarded-uri",
+    "x-forwarded-prefix",
+    "x-forwarded-path",
 }
 RESPONSE_DROP = HOP_BY_HOP - {"content-length"}
 IDENTITY_PREFIX = "x-gateway-"
+log = logging.getLogger("gateway.proxy")
 CLIENT_CLOSED = 499  # access-log status of a request whose client went away before the answer started
 DECODABLE = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
@@ -192,10 +205,21 @@ class Gateway:
             if not entry["status"]:
                 entry["status"] = CLIENT_CLOSED
             raise
-        except Exception:
-            if not entry["status"]:
-                entry["status"] = 500  # what aiohttp answers for an exception that escapes the handler
-            raise
+        except Exception as exc:
+            # A bug of ours. Never a traceback or aiohttp's text/plain 500 to the client: the contract's JSON when
+            # nothing was sent yet, else the connection is cut so the client sees a truncated answer. The log gets
+            # the exception's class and where it happened, not its message, which may quote a request's bytes.
+            log.error(
+                "request %s failed inside the gateway: %s\n%s",
+                entry["request_id"],
+                type(exc).__name__,
+                "".join(traceback.format_tb(exc.__traceback__)),
+            )
+            if request.writer.output_size:
+                entry["outcome"] = "unavailable"
+                _abort(request)
+                raise
+            return self._refuse(REFUSALS["internal"], entry)
         finally:
             self.in_flight -= 1
             if request.body_exists:
@@ -432,19 +456,20 @@ class Gateway:
     ) -> list[tuple[str, str]]:
         drop = REQUEST_DROP
         raw = request.headers
-        connection = raw.get("Connection")
-        if connection:
-            # Headers the client names in Connection are hop-by-hop too; our own identity headers are added
-            # afterwards, so naming them here cannot remove them.
-            drop = drop | {h.strip().lower() for h in connection.split(",")}
+        if "Connection" in raw:
+            # Headers the client names in Connection (in any of its Connection headers) are hop-by-hop too; our own
+            # identity headers are added afterwards, so naming them here cannot remove them.
+            drop = drop | {h.strip().lower() for value in raw.getall("Connection") for h in value.split(",")}
         if found.strip_authorization:
             drop = drop | {"authorization"}
         if decoded:
             drop = drop | {"content-encoding"}
+        # A name with `_` is dropped, as nginx does: CGI, WSGI and PHP file `X_Gateway_Token_Id` under the same key
+        # as our `X-Gateway-Token-Id` (HTTP_X_GATEWAY_TOKEN_ID), and `X_Forwarded_For` under X-Forwarded-For's.
         out = [
-            (name, value)
+            (name, value if value.isascii() else _raw_value(value))
             for name, value in raw.items()
-            if (low := name.lower()) not in drop and not low.startswith(IDENTITY_PREFIX)
+            if (low := name.lower()) not in drop and not low.startswith(IDENTITY_PREFIX) and "_" not in low
         ]
         forwarded_for = peer
         proto = "https" if request.secure else "http"
@@ -460,10 +485,10 @@ class Gateway:
         if host:
             out.append(("X-Forwarded-Host", host))
         out.append(("X-Request-Id", request_id))
-        out.append(("X-Gateway-Token-Id", token.id))
-        out.append(("X-Gateway-Token-Name", token.name))
+        out.append(("X-Gateway-Token-Id", _header_text(token.id)))
+        out.append(("X-Gateway-Token-Name", _header_text(token.name)))
         if token.company:
-            out.append(("X-Gateway-Company", token.company))
+            out.append(("X-Gateway-Company", _header_text(token.company)))
         return out
 
     async def _relay(
@@ -599,13 +624,37 @@ class _WholeResponse(web.StreamResponse):
             raise ValueError("forbidden control character in a response header")
         writer = request._payload_writer
         self._eof_sent = True  # prepare() and write_eof() from aiohttp's finish_response are no-ops now
-        data = head.encode("utf-8") + body if body else head.encode("utf-8")
+        # latin-1: the upstream's header bytes were read as latin-1, so they leave exactly as they came.
+        data = head.encode("latin-1") + body if body else head.encode("latin-1")
         writer._write(data)
         writer._eof = True
         self._body_length = writer.output_size
         if writer._protocol._paused:
             await writer.drain()
         return len(body)
+
+
+_PRINTABLE = re.compile(r"[ -~]*")
+
+
+def _header_text(value: str) -> str:
+    """A value of ours (a token's name or company) as a header: printable ASCII as it is, anything else
+    percent-encoded UTF-8 (`東京-team` is `%E6%9D%B1%E4%BA%AC-team`), so no name can break the header block or
+    reach the upstream as mojibake."""
+    if _PRINTABLE.fullmatch(value):
+        return value
+    return quote(value, safe=_HEADER_SAFE)
+
+
+# Printable ASCII that stays as it is inside a percent-encoded value; `%` itself is encoded, so decoding is exact.
+_HEADER_SAFE = " !\"#$&'()*+,-./:;<=>?@[\\]^_`{|}~"
+
+
+def _raw_value(value: str) -> str:
+    """A client's header value with non-ASCII bytes, back to those bytes (as the latin-1 text the upstream
+    client writes byte for byte): aiohttp decoded them as UTF-8 with surrogate escapes, and forwarding that text
+    would change the bytes or fail on them."""
+    return value.encode("utf-8", "surrogateescape").decode("latin-1")
 
 
 def _abort(request: web.BaseRequest) -> None:
