@@ -125,6 +125,11 @@ class GatewayProtocol(web_protocol.RequestHandler):
         self._head_timer: asyncio.TimerHandle | None = None
         self._body: StreamReader | None = None  # the newest request's body while it is still arriving
         self._first_bytes: bytes | None = None
+        self._splitting = False  # data_received is feeding one request head at a time
+        # Ordinals (1 = the connection's first request) of upgrade requests whose answer must close the
+        # connection, because bytes behind them may be lost; and how many requests were answered so far.
+        self._upgrade_close: set[int] = set()
+        self._answered = 0
 
     # --- connection accounting ---------------------------------------------------------------------------------
 
@@ -154,6 +159,28 @@ class GatewayProtocol(web_protocol.RequestHandler):
     # --- the header-read deadline ------------------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
+        if b"pgrade" not in data and b"PGRADE" not in data:
+            self._receive(data)
+            return
+        # aiohttp's C parser drops whatever follows, in the same chunk, a request asking for an upgrade it does not
+        # support (anything but websocket, e.g. `Upgrade: h2c`): a request pipelined behind it would get no answer
+        # and no record. Such chunks are fed one request head at a time, so the parser stops at a piece's end and
+        # the next piece is parsed as the next request. (Spellings this check misses, and upgrade requests with a
+        # body, end the connection after their answer instead: see _upgrade_close.)
+        self._splitting = True
+        try:
+            start = 0
+            end = data.find(b"\r\n\r\n")
+            while end >= 0 and not (self._force_close or self._close):
+                self._receive(data[start : end + 4])
+                start = end + 4
+                end = data.find(b"\r\n\r\n", start)
+            if start < len(data) and not (self._force_close or self._close):
+                self._receive(data[start:])
+        finally:
+            self._splitting = False
+
+    def _receive(self, data: bytes) -> None:
         if self._first_bytes is None:
             self._first_bytes = data[:_SAMPLE]
         if self._head_deadline is None and data:
@@ -167,6 +194,7 @@ class GatewayProtocol(web_protocol.RequestHandler):
         super().data_received(data)
         if self._request_count != count:
             self._refuse_versions(self._request_count - count)
+            self._watch_upgrades(self._request_count - count)
             if body is not None and not body.is_eof() and isinstance(self._messages[-1][0], _ErrInfo):
                 # The parser gave up inside a body (a bad chunk) and queued an error behind the request that owns
                 # it; that request's handler would otherwise wait out body_timeout for bytes that never come.
@@ -180,6 +208,18 @@ class GatewayProtocol(web_protocol.RequestHandler):
             self._head_deadline = None
             payload = self._messages[-1][1] if self._messages else None
             self._body = payload if payload is not None and not payload.is_eof() else None
+
+    def _watch_upgrades(self, new: int) -> None:
+        """Mark upgrade requests whose chunk may have lost bytes behind them: their answer ends the connection."""
+        messages = self._messages
+        first = len(messages) - new
+        for index in range(max(0, first), len(messages)):
+            message, payload = messages[index]
+            if isinstance(message, _ErrInfo) or not message.upgrade:
+                continue
+            if not self._splitting or payload is not EMPTY_PAYLOAD:
+                # The connection's ordinal of this request: finish_response counts answers the same way.
+                self._upgrade_close.add(self._request_count - (len(messages) - 1 - index))
 
     def _refuse_versions(self, new: int) -> None:
         messages = self._messages
@@ -249,6 +289,10 @@ class GatewayProtocol(web_protocol.RequestHandler):
         # The body broke the framing (a bad chunk, a short body): whatever follows cannot be trusted to be a new
         # request, so the connection ends with this answer.
         broken = payload.exception() is not None and not payload.is_eof()
+        self._answered += 1
+        if self._upgrade_close and self._answered in self._upgrade_close:
+            self._upgrade_close.discard(self._answered)
+            resp.force_close()
         if not resp.prepared and (broken or (resp.status >= 400 and not payload.is_eof())):
             # A refusal before the whole body came in (too large, too slow, unauthorised upload): aiohttp
             # discards what is still in transit (for at most the lingering time), then the connection ends.

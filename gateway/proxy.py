@@ -276,7 +276,12 @@ class Gateway:
                 check_charset(content_type)
             if "Cookie" in headers:
                 refuse_credential_cookies(spec, headers.getall("Cookie"))
-            body = await self._read_body(request) if kind is not None else None
+            if kind is not None:
+                # The credential may be in the body: ask for it (a client sending `Expect: 100-continue` waits).
+                await _continue(request)
+                body = await self._read_body(request)
+            else:
+                body = None
             found = find(spec, query, headers.getall("Authorization", []), content_type, body)
             found = without_method_override(found, content_type)
         except BodyTooLarge:
@@ -418,6 +423,9 @@ class Gateway:
             payload: bytes | AsyncIterator[bytes] | None = found.body
             body_length = len(found.body) if found.body is not None else None
         elif request.body_exists:
+            # Authorised: only now is the client asked for a body it has held back (`Expect: 100-continue`); a
+            # refused request got its refusal instead, and the connection closed.
+            await _continue(request)
             payload = self._stream_body(request)
             body_length = length
         else:
@@ -655,6 +663,27 @@ def _raw_value(value: str) -> str:
     client writes byte for byte): aiohttp decoded them as UTF-8 with surrogate escapes, and forwarding that text
     would change the bytes or fail on them."""
     return value.encode("utf-8", "surrogateescape").decode("latin-1")
+
+
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+async def _continue(request: web.BaseRequest) -> None:
+    """Answer `Expect: 100-continue` with the interim 100, once, before the gateway reads the body.
+
+    aiohttp's low-level server leaves this to the application (its router does it); the upstream never sees the
+    Expect header, so the 100 is always the gateway's own.
+    """
+    if request.version != HttpVersion11 or request.content.is_eof():
+        return
+    expect = request.headers.get("Expect")
+    if expect is None or expect.strip().lower() != "100-continue" or request.get(_CONTINUED):
+        return
+    request[_CONTINUED] = True
+    await request.writer.write(_CONTINUE)
+
+
+_CONTINUED = web.RequestKey("gateway.continued", bool)
 
 
 def _abort(request: web.BaseRequest) -> None:
