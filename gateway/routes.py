@@ -18,11 +18,19 @@ class Router:
         )
         # (folded path, is a prefix, route): what `alias` compares a folded request path with.
         self._folded = tuple((fold(r.path), r.prefix, r) for r in self.routes)
-        # Route position -> whether another spelling of an earlier route can match it literally; only those
-        # matches pay for folding the path.
-        self._shadowed = tuple(
-            any(_may_overlap(self._folded[j], self._folded[i]) for j in range(i))
-            for i in range(len(self.routes))
+        # Route position -> the earlier routes another spelling of which can match it literally; only matches
+        # with such routes pay for folding the path.
+        folded = self._folded
+        overlaps = [[j for j in range(i) if _may_overlap(folded[j], folded[i])] for i in range(len(folded))]
+        self._shadowed = tuple(bool(earlier) for earlier in overlaps)
+        # A cheap first test for the common shadowed match (`GET /v1/leads/search` under `/v1/leads/*`, after the
+        # exact `/v1/leads/insert`): a path can only be another spelling of an earlier exact route if its last
+        # segment starts like that route's. Earlier prefix routes can take over only a literal prefix match.
+        self._stems = tuple(
+            frozenset(_stem(folded[j][0]) for j in earlier if not folded[j][1]) for earlier in overlaps
+        )
+        self._prefix_shadow = tuple(
+            self.routes[i].prefix and any(folded[j][1] for j in earlier) for i, earlier in enumerate(overlaps)
         )
         self._position = {id(r): i for i, r in enumerate(self.routes)}
 
@@ -36,6 +44,10 @@ class Router:
         position = self._position[id(literal)]
         if not self._shadowed[position]:
             return literal
+        if not self._prefix_shadow[position]:
+            stem = _stem(path)
+            if stem and stem not in self._stems[position]:
+                return literal
         # `PUT /v1/leads/insert` or `POST /v1/leads/INSERT` must not pass as the broader `/v1/leads/*` read route
         # listed after the insert route: the upstream runs insert for them.
         # An earlier prefix route never outranks a literal exact match: [GET /admin/*, POST /admin/users] splits
@@ -85,6 +97,17 @@ def _may_overlap(earlier: tuple[str, bool, Route], later: tuple[str, bool, Route
     under_a = a_prefix and b.startswith(a.rstrip("/") + "/")
     under_b = b_prefix and a.startswith(b.rstrip("/") + "/")
     return under_a or under_b
+
+
+def _stem(path: str) -> str:
+    """The last segment, lowercased, up to its first `.` or `%`: equal for two paths that fold alike ("" when the
+    segment is all dots and escapes, which folding may remove altogether)."""
+    last = path.rstrip("/").rpartition("/")[2].lower()
+    for mark in (".", "%"):
+        cut = last.find(mark)
+        if cut >= 0:
+            last = last[:cut]
+    return last
 
 
 # A final `.ext` (Rails formats, Spring's suffix patterns), and what IIS and Windows strip from a segment's end.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from gateway.config import Route
@@ -45,6 +45,7 @@ def test_a_spelling_of_a_routes_path_is_decided_by_that_route_or_an_earlier_one(
     router = Router(table)
     target = data.draw(st.sampled_from(table))
     request = data.draw(spelling(target.path))
+    assume("/." not in request.replace("%2e", "."))  # a dot segment: normalising makes it another path
     path, _ = normalise(request)
 
     for allow_unmatched in (True, False):
