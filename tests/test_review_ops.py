@@ -100,6 +100,23 @@ def finished(proc: subprocess.Popen[str], timeout: float) -> tuple[int, str, flo
     return proc.returncode, err, time.monotonic() - started
 
 
+async def wait_allowed(proc: subprocess.Popen[str], port: int, secret: str) -> None:
+    """Poll until the gateway serving on `port` lets `secret` through (it exits: the test fails with its stderr)."""
+    async with aiohttp.ClientSession() as session:
+
+        async def allowed() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(proc.communicate()[1])
+            try:
+                url = f"http://127.0.0.1:{port}/v1/leads/x?auth_token={secret}"
+                async with session.get(url) as response:
+                    return response.status == 200
+            except aiohttp.ClientError:
+                return False
+
+        await wait_until(allowed, timeout=20)
+
+
 @pytest.fixture
 def taken_port():
     sock = socket.socket()
@@ -196,19 +213,7 @@ async def test_the_store_its_wal_and_shm_are_0600_and_the_access_log_0640(tmp_pa
         config, port, _ = write(tmp_path, upstream=upstream.url)
         proc = serve(config, tmp_path)
         try:
-            async with aiohttp.ClientSession() as session:
-
-                async def answered() -> bool:
-                    if proc.poll() is not None:
-                        raise AssertionError(proc.communicate()[1])
-                    try:
-                        url = f"http://127.0.0.1:{port}/v1/leads/x?auth_token={READER}"
-                        async with session.get(url) as response:
-                            return response.status == 200
-                    except aiohttp.ClientError:
-                        return False
-
-                await wait_until(answered, timeout=20)
+            await wait_allowed(proc, port, READER)
             data, logs = tmp_path / "data", tmp_path / "logs"
             await wait_until(
                 lambda: (data / "gateway.db-wal").exists() and (data / "gateway.db-shm").exists()
@@ -262,19 +267,7 @@ async def test_the_cli_run_from_another_folder_uses_the_store_the_gateway_serves
         assert not (elsewhere / "data").exists()
         assert not (other / "data").exists()
 
-        async with aiohttp.ClientSession() as session:
-
-            async def allowed() -> bool:
-                if proc.poll() is not None:
-                    raise AssertionError(proc.communicate()[1])
-                try:
-                    url = f"http://127.0.0.1:{port}/v1/leads/x?auth_token={secret}"
-                    async with session.get(url) as response:
-                        return response.status == 200
-                except aiohttp.ClientError:
-                    return False
-
-            await wait_until(allowed, timeout=20)
+        await wait_allowed(proc, port, secret)
         assert (conf / "logs" / "access.jsonl").exists()
         assert not (other / "logs").exists()
     finally:
