@@ -15,7 +15,8 @@ from gateway import paths, policy
 from gateway.credentials import CredentialSpec, find
 from gateway.errors import REFUSALS
 from gateway.routes import Router
-from gateway.store import Store, TokenRecord, digest_of
+from gateway.store import Store
+from gateway.vocabulary import TokenRecord, digest_of
 
 TOKEN = "bench-token-0001"
 TARGET = f"/v1/leads/search?list_id=5&auth_token={TOKEN}&fields=name,phone"

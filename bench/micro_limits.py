@@ -9,7 +9,7 @@ import timeit
 
 from gateway.config import Route, parse_quota, parse_rate
 from gateway.limits_local import LocalLimiter
-from gateway.store import TokenRecord
+from gateway.vocabulary import TokenRecord
 
 NUMBER = 200_000
 START = 1_773_144_000.0  # 2026-03-10T12:00:00Z

@@ -14,7 +14,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-from gateway.store import Store, StoreUnavailable, TokenRecord
+from gateway.store import Store, StoreUnavailable
+from gateway.vocabulary import TokenRecord
 
 log = logging.getLogger("gateway.cache")
 

@@ -25,12 +25,12 @@ import orjson
 
 from gateway import config as config_mod
 from gateway.cli import Failure, config_option, load_config
-from gateway.config import TOKEN_TYPES, Config, ConfigError
-from gateway.store import Store, StoreConflict, TokenRecord, TokenView, digest_of, new_secret
+from gateway.config import Config, ConfigError
+from gateway.store import Store, StoreConflict, TokenView
+from gateway.vocabulary import STATUSES, TOKEN_TYPES, TokenRecord, digest_of, new_secret
 
 T = TypeVar("T")
 
-STATUSES = ("active", "revoked", "expired", "not_yet_active")
 PAGE_SIZES = (10, 100)
 EXPORT_COLUMNS = (
     "id",

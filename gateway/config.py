@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import hashlib
 import ipaddress
 import os
 import re
@@ -21,9 +20,12 @@ from urllib.parse import urlsplit
 from gateway.credentials import CredentialSpec
 from gateway.errors import MalformedRequest
 from gateway.paths import normalise as paths_normalise
+from gateway.vocabulary import TOKEN_TYPES, Quota, Rate, Route, TokenSeed, digest_of, grants, section_of
+
+# Re-exported: callers that read config for these keep working; the vocabulary module is their home.
+__all__ = ["TOKEN_TYPES", "Quota", "Rate", "Route", "TokenSeed", "grants", "section_of"]
 
 DEFAULT_PATH = "config/gateway.toml"
-TOKEN_TYPES = ("developer", "connector", "internal", "external")
 TOKEN_KEYS = (
     "name",
     "secret_env",
@@ -46,24 +48,6 @@ class ConfigError(Exception):
 
 
 # --- value types -------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Rate:
-    """`count` requests per `period` seconds (a rate limit such as "600/minute")."""
-
-    count: int
-    period: float
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class Quota:
-    """`count` requests per calendar `window` ("day" or "month", UTC boundaries)."""
-
-    count: int
-    window: str
-    text: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,34 +123,6 @@ class UpstreamConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class Route:
-    path: str  # without the trailing "/*" of a prefix route
-    prefix: bool
-    methods: frozenset[str] | None
-    permission: str
-    rate_limit: Rate | None
-    index: int
-
-    @property
-    def pattern(self) -> str:
-        return self.path.rstrip("/") + "/*" if self.prefix else self.path
-
-
-@dataclass(frozen=True, slots=True)
-class TokenSeed:
-    name: str
-    digest: bytes
-    type: str
-    company: str | None
-    permissions: tuple[str, ...]
-    not_before: float | None
-    expires: float | None
-    rate_limit: Rate | None
-    quota: Quota | None
-    concurrency: int | None
-
-
-@dataclass(frozen=True, slots=True)
 class Config:
     server: ServerConfig = ServerConfig()
     admin: AdminConfig = AdminConfig()
@@ -185,18 +141,6 @@ class Config:
     def sections(self) -> frozenset[str]:
         """The API sections the routes define; token permissions must name one of them (or "*")."""
         return frozenset(section_of(r.permission) for r in self.routes)
-
-
-# --- permissions -------------------------------------------------------------------------------------------------
-
-
-def section_of(permission: str) -> str:
-    return permission.split(":", 1)[0]
-
-
-def grants(held: str, needed: str) -> bool:
-    """Whether permission `held` covers `needed`: "*" all, "leads" every leads action, "leads:read" only itself."""
-    return held == "*" or held == needed or (":" not in held and section_of(needed) == held)
 
 
 # --- scalar parsers ----------------------------------------------------------------------------------------------
@@ -536,12 +480,12 @@ def _secret_digest(t: _Table, env: dict[str, str], secrets: bool = True) -> byte
             raise ConfigError(
                 f"{t.key('secret_env')}: environment variable {value} is not set; export it first"
             )
-        return hashlib.sha256(secret.encode()).digest()
+        return digest_of(secret)
     if kind == "secret_sha256":
         if not re.fullmatch(r"[0-9a-fA-F]{64}", value):
             raise ConfigError(f"{t.key('secret_sha256')}: expected 64 hex digits (the SHA-256 of the secret)")
         return bytes.fromhex(value)
-    return hashlib.sha256(value.encode()).digest()
+    return digest_of(value)
 
 
 def _token(raw: Any, name: str, env: dict[str, str], secrets: bool = True) -> TokenSeed:

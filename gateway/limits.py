@@ -11,9 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from gateway.config import Route
 from gateway.errors import REFUSALS, Refusal
-from gateway.store import TokenRecord
+from gateway.vocabulary import Route, TokenRecord
 
 DAY = 86400.0
 

@@ -10,9 +10,8 @@ from __future__ import annotations
 from array import array
 from bisect import bisect_right
 
-from gateway.config import Rate, Route
 from gateway.limits import Admission, Limiter, admitted, quota_window, refused
-from gateway.store import TokenRecord
+from gateway.vocabulary import Rate, Route, TokenRecord
 
 SWEEP_EVERY = 60.0  # seconds of gateway clock between sweeps of counts nobody needs any more
 

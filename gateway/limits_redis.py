@@ -27,9 +27,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 from redis.retry import Retry
 
-from gateway.config import Route
 from gateway.limits import Admission, Limiter, admitted, backend_down, quota_window, refused, route_key
-from gateway.store import TokenRecord
+from gateway.vocabulary import Route, TokenRecord
 
 log = logging.getLogger("gateway.limits")
 

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from gateway.config import Route, grants
 from gateway.errors import REFUSALS, Refusal
-from gateway.store import TokenRecord
+from gateway.vocabulary import Route, TokenRecord, grants
 
 MISSING = REFUSALS["missing"]
 INVALID = REFUSALS["invalid"]

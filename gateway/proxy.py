@@ -29,7 +29,7 @@ from multidict import CIMultiDict
 
 from gateway import paths, policy
 from gateway.cache import TokenCache
-from gateway.config import Config, Route
+from gateway.config import Config
 from gateway.credentials import (
     Found,
     check_charset,
@@ -43,8 +43,9 @@ from gateway.credentials import (
 from gateway.errors import REFUSALS, CredentialConflict, MalformedRequest, Refusal
 from gateway.limits import Limiter, needs_limits
 from gateway.routes import Router
-from gateway.store import StoreUnavailable, TokenRecord, digest_of
+from gateway.store import StoreUnavailable
 from gateway.upstream import UpstreamBusy, UpstreamError, UpstreamPool, UpstreamResponse, UpstreamTimeout
+from gateway.vocabulary import Route, TokenRecord, digest_of
 
 # Never forwarded in either direction (RFC 9110 section 7.6.1), plus framing the gateway redoes itself.
 HOP_BY_HOP = frozenset(

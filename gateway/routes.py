@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from gateway.config import Route
+from gateway.vocabulary import Route
 
 
 class Router:

@@ -7,19 +7,15 @@ rows to `token_changes`, which running workers poll to evict exactly the cache e
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import functools
-import hashlib
 import itertools
 import operator
 import os
-import secrets
 import sqlite3
 import sys
 import time
 import urllib.parse
-import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,9 +24,14 @@ from typing import Any
 import aiosqlite
 import orjson
 
-from gateway.config import Quota, Rate, TokenSeed, parse_quota, parse_rate
-
-SECRET_PREFIX = "gwt_"  # recognisable by secret scanners, like GitHub's "ghp_"
+from gateway.config import parse_quota, parse_rate
+from gateway.vocabulary import (
+    Quota,
+    Rate,
+    TokenRecord,
+    TokenSeed,
+    new_token_id,
+)
 
 
 class StoreUnavailable(Exception):
@@ -39,49 +40,6 @@ class StoreUnavailable(Exception):
 
 class StoreConflict(Exception):
     """A write would break a rule of the store (a duplicate name or secret, a missing token)."""
-
-
-def new_secret() -> str:
-    """256 bits of randomness behind a recognisable prefix."""
-    return SECRET_PREFIX + base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=").decode()
-
-
-def digest_of(secret: str) -> bytes:
-    return hashlib.sha256(secret.encode()).digest()
-
-
-def new_token_id() -> str:
-    return "tok_" + uuid.uuid4().hex[:20]
-
-
-@dataclass(frozen=True, slots=True)
-class TokenRecord:
-    id: str
-    name: str
-    type: str
-    company: str | None
-    permissions: frozenset[str]
-    not_before: float | None
-    expires: float | None
-    revoked_at: float | None
-    created_at: float
-    rate_limit: Rate | None = None
-    quota: Quota | None = None
-    concurrency: int | None = None
-    source: str = "cli"
-    # Set when the record was found through a rotated-out secret: that secret stops working at this time.
-    secret_expires: float | None = None
-    last_used_at: float | None = None
-    updated_at: float | None = None
-
-    def status(self, now: float) -> str:
-        if self.revoked_at is not None:
-            return "revoked"
-        if self.expires is not None and now >= self.expires:
-            return "expired"
-        if self.not_before is not None and now < self.not_before:
-            return "not_yet_active"
-        return "active"
 
 
 MIGRATIONS: tuple[str, ...] = (

@@ -6,7 +6,8 @@ import hashlib
 from pathlib import Path
 
 from gateway.cache import LruTtl, TokenCache
-from gateway.store import Store, digest_of
+from gateway.store import Store
+from gateway.vocabulary import digest_of
 
 
 class Clock:

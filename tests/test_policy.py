@@ -7,7 +7,7 @@ import pytest
 from gateway.config import Route
 from gateway.errors import REFUSALS
 from gateway.policy import decide
-from gateway.store import TokenRecord
+from gateway.vocabulary import TokenRecord
 
 ROUTE = Route(
     path="/v1/leads/insert", prefix=False, methods=None, permission="leads:create", rate_limit=None, index=0

@@ -14,7 +14,8 @@ import pytest
 
 from gateway import config as config_mod
 from gateway.server import Worker
-from gateway.store import Store, StoreConflict, digest_of
+from gateway.store import Store, StoreConflict
+from gateway.vocabulary import digest_of
 from tests.cli_helpers import cli_config, gateway_cli
 from tests.conftest import ADMIN, BASE_CONFIG, CREATOR, READER, spawn_gateway, wait_until, write_config
 

@@ -6,7 +6,8 @@ import asyncio
 import sqlite3
 
 from gateway.cache import TokenCache
-from gateway.store import MIGRATIONS, SECRET_PREFIX, Store, digest_of, new_secret
+from gateway.store import MIGRATIONS, Store
+from gateway.vocabulary import SECRET_PREFIX, digest_of, new_secret
 from tests.conftest import READER
 
 

@@ -20,7 +20,8 @@ import pytest
 from gateway import config as config_mod
 from gateway.cli_tokens import EXPORT_COLUMNS, parse_when
 from gateway.server import seed
-from gateway.store import Store, digest_of
+from gateway.store import Store
+from gateway.vocabulary import digest_of
 from tests.cli_helpers import cli_config, gateway_cli, gateway_process
 
 CONNECTOR_CEILING = """

@@ -15,7 +15,7 @@ import zipfile
 import aiohttp
 import openpyxl
 
-from gateway.store import digest_of
+from gateway.vocabulary import digest_of
 from tests.cli_helpers import cli_config, gateway_cli, gateway_process
 from tests.conftest import READER, spawn_gateway, wait_until
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from gateway.cache import TokenCache
-from gateway.store import Store, StoreUnavailable, digest_of
+from gateway.store import Store, StoreUnavailable
+from gateway.vocabulary import digest_of
 from tests.conftest import ADMIN, LEADS, READER, wait_until
 
 UNAVAILABLE = {"success": False, "error": "Authentication service unavailable"}
