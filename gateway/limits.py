@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from gateway.errors import REFUSALS, Refusal
+from gateway.errors import REFUSALS, Reason, Refusal
 from gateway.vocabulary import Route, TokenRecord
 
 DAY = 86400.0
@@ -24,7 +24,7 @@ def _nothing() -> None:
 @dataclass(slots=True)
 class Admission:
     refusal: Refusal | None = (
-        None  # REFUSALS["rate_limited"] (429) or REFUSALS["unavailable"] (503, backend down)
+        None  # REFUSALS[Reason.RATE_LIMITED] (429) or REFUSALS[Reason.UNAVAILABLE] (503, backend down)
     )
     headers: list[tuple[str, str]] = field(default_factory=list)  # RateLimit-* on success, Retry-After on 429
     release: Callable[[], None] = (
@@ -98,9 +98,9 @@ def refused(wait: float, limit: int | None) -> Admission:
             ("RateLimit-Remaining", "0"),
             ("RateLimit-Reset", seconds),
         ]
-    return Admission(REFUSALS["rate_limited"], headers)
+    return Admission(REFUSALS[Reason.RATE_LIMITED], headers)
 
 
 def backend_down() -> Admission:
     """The limits backend cannot answer and on_backend_error = "deny": fail closed, like a store that is down."""
-    return Admission(REFUSALS["unavailable"], [("Retry-After", "1")])
+    return Admission(REFUSALS[Reason.UNAVAILABLE], [("Retry-After", "1")])

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from gateway.errors import REFUSALS, Refusal
+from gateway.errors import REFUSALS, Reason, Refusal
 from gateway.vocabulary import Route, TokenRecord, grants
 
-MISSING = REFUSALS["missing"]
-INVALID = REFUSALS["invalid"]
-REVOKED = REFUSALS["revoked"]
-EXPIRED = REFUSALS["expired"]
-NOT_YET_ACTIVE = REFUSALS["not_yet_active"]
-FORBIDDEN = REFUSALS["forbidden"]
+MISSING = REFUSALS[Reason.MISSING]
+INVALID = REFUSALS[Reason.INVALID]
+REVOKED = REFUSALS[Reason.REVOKED]
+EXPIRED = REFUSALS[Reason.EXPIRED]
+NOT_YET_ACTIVE = REFUSALS[Reason.NOT_YET_ACTIVE]
+FORBIDDEN = REFUSALS[Reason.FORBIDDEN]
 
 
 def decide(

@@ -40,7 +40,7 @@ from gateway.credentials import (
     refuse_credential_cookies,
     without_method_override,
 )
-from gateway.errors import REFUSALS, CredentialConflict, MalformedRequest, Refusal
+from gateway.errors import REFUSALS, CredentialConflict, MalformedRequest, Reason, Refusal
 from gateway.limits import Limiter, needs_limits
 from gateway.routes import Router
 from gateway.store import StoreUnavailable
@@ -113,7 +113,7 @@ def _fixed_refusal_headers(refusal: Refusal) -> CIMultiDict[str]:
     # Built once per refusal and copied per request: a 401 flood renders the same headers over and over.
     headers = CIMultiDict({"Content-Type": "application/json", "Cache-Control": "no-store"})
     if refusal.www_authenticate:
-        error = ' error="invalid_token"' if refusal.reason != "missing" else ""
+        error = ' error="invalid_token"' if refusal.reason is not Reason.MISSING else ""
         headers["WWW-Authenticate"] = f'Bearer realm="gateway"{error}'
     return headers
 
@@ -220,7 +220,7 @@ class Gateway:
                 entry["outcome"] = "unavailable"
                 _abort(request)
                 raise
-            return self._refuse(REFUSALS["internal"], entry)
+            return self._refuse(REFUSALS[Reason.INTERNAL], entry)
         finally:
             self.in_flight -= 1
             if request.body_exists:
@@ -242,7 +242,7 @@ class Gateway:
         entry = self.new_entry(client_ip, method)
         if target is not None:
             entry["path"], entry["query"] = redact_target(self.spec, target)
-        response = self._refuse(REFUSALS["malformed"], entry)
+        response = self._refuse(REFUSALS[Reason.MALFORMED], entry)
         response.force_close()
         await self.log(entry, started)
         return response
@@ -254,7 +254,7 @@ class Gateway:
         except MalformedRequest:
             # Logged as received, but without anything a credential could hide in.
             entry["path"], entry["query"] = redact_target(self.spec, target)
-            return self._refuse(REFUSALS["malformed"], entry)
+            return self._refuse(REFUSALS[Reason.MALFORMED], entry)
         entry["path"] = path
         route = self.router.route(path, request.method, allow_unmatched=self.allow_unmatched)
         if route is not None:
@@ -287,10 +287,10 @@ class Gateway:
             found = without_method_override(found, content_type)
         except BodyTooLarge:
             entry["query"] = self._redacted(query)
-            return self._refuse(REFUSALS["too_large"], entry)
+            return self._refuse(REFUSALS[Reason.TOO_LARGE], entry)
         except CredentialConflict:
             entry["query"] = self._redacted(query)
-            return self._refuse(REFUSALS["conflict"], entry)
+            return self._refuse(REFUSALS[Reason.CONFLICT], entry)
         except (
             MalformedRequest,
             HttpProcessingError,
@@ -300,7 +300,7 @@ class Gateway:
             ConnectionError,
         ):
             entry["query"] = self._redacted(query)
-            return self._refuse(REFUSALS["malformed"], entry)
+            return self._refuse(REFUSALS[Reason.MALFORMED], entry)
         entry["query"] = self._redacted(found.query if not spec.forward else query)
 
         token: TokenRecord | None = None
@@ -311,7 +311,7 @@ class Gateway:
                 if token is None:
                     token = await self.cache.get(digest)
             except StoreUnavailable:
-                return self._refuse(REFUSALS["unavailable"], entry)
+                return self._refuse(REFUSALS[Reason.UNAVAILABLE], entry)
             if token is not None:
                 entry["token_id"] = token.id
                 entry["token_name"] = token.name
@@ -436,15 +436,15 @@ class Gateway:
         try:
             upstream = await self.upstream.request(request.method, target, headers, payload, body_length)
         except BodyTooLarge:
-            return self._refuse(REFUSALS["too_large"], entry)
+            return self._refuse(REFUSALS[Reason.TOO_LARGE], entry)
         except ClientBodyError:
-            return self._refuse(REFUSALS["malformed"], entry)
+            return self._refuse(REFUSALS[Reason.MALFORMED], entry)
         except UpstreamTimeout:
-            return self._upstream_failed(REFUSALS["upstream_timeout"], entry, upstream_started)
+            return self._upstream_failed(REFUSALS[Reason.UPSTREAM_TIMEOUT], entry, upstream_started)
         except UpstreamBusy:
-            return self._upstream_failed(REFUSALS["upstream_busy"], entry, upstream_started)
+            return self._upstream_failed(REFUSALS[Reason.UPSTREAM_BUSY], entry, upstream_started)
         except UpstreamError:
-            return self._upstream_failed(REFUSALS["upstream_error"], entry, upstream_started)
+            return self._upstream_failed(REFUSALS[Reason.UPSTREAM_ERROR], entry, upstream_started)
         try:
             return await self._relay(request, upstream, entry, upstream_started, extra)
         finally:
