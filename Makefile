@@ -39,6 +39,7 @@ bench: install
 lint: install
 	$(BIN)/ruff check gateway tests bench
 	$(BIN)/ruff format --check gateway tests bench
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) data logs .pytest_cache .hypothesis

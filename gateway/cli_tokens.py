@@ -794,6 +794,7 @@ def _xlsx_bytes(rows: list[list[Any]]) -> bytes:
 
     book = Workbook()
     sheet = book.active
+    assert sheet is not None  # a new workbook always has its first sheet
     sheet.title = "tokens"
     sheet.append(EXPORT_COLUMNS)
     for cell in sheet[1]:

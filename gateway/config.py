@@ -11,7 +11,7 @@ import ipaddress
 import os
 import re
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -270,14 +270,14 @@ def _bool(v: Any, key: str) -> bool:
 def _choice(*options: str) -> Callable[[Any, str], str]:
     def parse(v: Any, key: str) -> str:
         if v in options:
-            return v
+            return str(v)
         raise ConfigError(f"{key}: expected one of {', '.join(repr(o) for o in options)}, got {v!r}")
 
     return parse
 
 
-def _list(item: Callable[[Any, str], Any]) -> Callable[[Any, str], tuple]:
-    def parse(v: Any, key: str) -> tuple:
+def _list(item: Callable[[Any, str], Any]) -> Callable[[Any, str], tuple[Any, ...]]:
+    def parse(v: Any, key: str) -> tuple[Any, ...]:
         if not isinstance(v, list):
             raise ConfigError(f"{key}: expected a list, got {v!r}")
         return tuple(item(x, f"{key}[{i}]") for i, x in enumerate(v))
@@ -301,7 +301,7 @@ def _upstream_url(v: Any, key: str) -> str:
 
 
 def _limits_backend(v: Any, key: str) -> str:
-    if v == "local" or (isinstance(v, str) and v.startswith(("redis://", "rediss://", "unix://"))):
+    if isinstance(v, str) and (v == "local" or v.startswith(("redis://", "rediss://", "unix://"))):
         return v
     raise ConfigError(f'{key}: expected "local" or a Redis URL like "redis://127.0.0.1:6379/0", got {v!r}')
 
@@ -518,7 +518,7 @@ def check_token_permissions(
     key: str,
     type_: str,
     company: str | None,
-    permissions: tuple[str, ...] | list[str],
+    permissions: Sequence[str],
     sections: frozenset[str],
     token_types: dict[str, frozenset[str]],
 ) -> None:

@@ -11,7 +11,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 from json import JSONDecoder
-from json.decoder import scanstring
+from json.decoder import scanstring  # type: ignore[attr-defined]  # public, but missing from typeshed
 from typing import Literal
 from urllib.parse import unquote_to_bytes
 

@@ -60,9 +60,9 @@ def quota_window(window: str, now: float) -> tuple[float, float]:
         start = now - now % DAY
         return start, start + DAY
     t = datetime.fromtimestamp(now, UTC)
-    start = datetime(t.year, t.month, 1, tzinfo=UTC)
-    end = datetime(t.year + t.month // 12, t.month % 12 + 1, 1, tzinfo=UTC)
-    return start.timestamp(), end.timestamp()
+    first = datetime(t.year, t.month, 1, tzinfo=UTC)
+    following = datetime(t.year + t.month // 12, t.month % 12 + 1, 1, tzinfo=UTC)
+    return first.timestamp(), following.timestamp()
 
 
 def route_key(route: Route) -> str:

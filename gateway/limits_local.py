@@ -85,7 +85,7 @@ class _Slot:
 
 class LocalLimiter(Limiter):
     def __init__(self) -> None:
-        self._logs: dict[tuple, SlidingLog] = {}
+        self._logs: dict[tuple[object, ...], SlidingLog] = {}
         self._quotas: dict[
             tuple[str, str], list[float]
         ] = {}  # (token id, "day"|"month") -> [window start, used]
@@ -119,11 +119,13 @@ class LocalLimiter(Limiter):
                 wait, shown = w, rate.count
             logs.append(log)
         quota = token.quota
+        used: list[float] = []  # [window start, requests counted in it]
         if quota is not None:
             start, end = self._window(quota.window, now)
-            used = self._quotas.get((token.id, quota.window))
-            if used is None or used[0] != start:
-                used = self._quotas[(token.id, quota.window)] = [start, 0]
+            found = self._quotas.get((token.id, quota.window))
+            if found is None or found[0] != start:
+                found = self._quotas[(token.id, quota.window)] = [start, 0]
+            used = found
             if used[1] >= quota.count and end - now > wait:
                 wait, shown = end - now, quota.count
         concurrency = token.concurrency
@@ -148,7 +150,7 @@ class LocalLimiter(Limiter):
             admission.release = _Slot(self.in_flight, token.id).release
         return admission
 
-    def _log(self, key: tuple, rate: Rate) -> SlidingLog:
+    def _log(self, key: tuple[object, ...], rate: Rate) -> SlidingLog:
         log = self._logs.get(key)
         if log is None:
             log = self._logs[key] = SlidingLog(rate.count, rate.period)

@@ -239,9 +239,10 @@ class RedisLimiter(Limiter):
 
     async def _evaluate(self, keys: list[str], args: list[Any]) -> list[int]:
         try:
-            return await self.client.evalsha(SCRIPT_SHA, len(keys), *keys, *args)
+            answer = await self.client.evalsha(SCRIPT_SHA, len(keys), *keys, *args)
         except NoScriptError:  # a restarted or flushed Redis: EVAL sends the body and caches it again
-            return await self.client.eval(SCRIPT, len(keys), *keys, *args)
+            answer = await self.client.eval(SCRIPT, len(keys), *keys, *args)
+        return list(answer)
 
     def _answer(
         self, reply: list[int], token: TokenRecord, route: Route | None, keys: list[str], lease: str | None

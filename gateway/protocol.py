@@ -48,7 +48,7 @@ def require_c_parser() -> None:
     Framing is the one place where two parsers disagreeing lets a request past the gateway unseen; the security
     tests prove the C parser (llhttp), so that is the only one the gateway runs.
     """
-    parser = web_protocol.HttpRequestParser
+    parser = web_protocol.HttpRequestParser  # type: ignore[attr-defined]  # not re-exported, but what it uses
     if parser.__module__ != "aiohttp._http_parser":
         raise StartupRefused(
             "aiohttp's C HTTP parser is not in use (AIOHTTP_NO_EXTENSIONS is set, or aiohttp was installed "
@@ -340,16 +340,16 @@ class GatewayProtocol(web_protocol.RequestHandler):
             start = loop.time() if self._logging_enabled else None
 
             manager.requests_count += 1
-            writer = web_protocol.StreamWriter(self, loop)
+            writer = web_protocol.StreamWriter(self, loop)  # type: ignore[attr-defined]  # see the docstring
             if isinstance(message, _ErrInfo):
                 request_handler = self._make_error_handler(message)
                 message = web_protocol.ERROR
             else:
                 request_handler = self._request_handler
 
-            request = self._request_factory(
-                message, payload, self, writer, self._task_handler or asyncio.current_task(loop)
-            )
+            task = self._task_handler or asyncio.current_task(loop)
+            assert task is not None  # this coroutine runs as the connection's task
+            request = self._request_factory(message, payload, self, writer, task)
             try:
                 try:
                     resp, reset = await self._handle_request(request, start, request_handler)
@@ -413,4 +413,4 @@ class GatewayProtocol(web_protocol.RequestHandler):
                 self.transport.close()
 
     if aiohttp.__version__ == START_COPIED_FROM:
-        start = _start_in_connection_task  # type: ignore[assignment]
+        start = _start_in_connection_task

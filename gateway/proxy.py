@@ -17,14 +17,15 @@ import re
 import time
 import traceback
 import zlib
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, cast
 from urllib.parse import quote
 
 from aiohttp import web
 from aiohttp.helpers import rfc822_formatted_time
 from aiohttp.http import SERVER_SOFTWARE, HttpVersion10, HttpVersion11
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.http_writer import StreamWriter
 from multidict import CIMultiDict
 
 from gateway import paths, policy
@@ -88,6 +89,7 @@ REQUEST_DROP = HOP_BY_HOP | {
     "x-forwarded-path",
 }
 RESPONSE_DROP = HOP_BY_HOP - {"content-length"}
+Extra = Sequence[tuple[str, str]]  # headers a limiter adds to an answer (RateLimit-*)
 IDENTITY_PREFIX = "x-gateway-"
 log = logging.getLogger("gateway.proxy")
 CLIENT_CLOSED = 499  # access-log status of a request whose client went away before the answer started
@@ -338,9 +340,7 @@ class Gateway:
         finally:
             admission.release()
 
-    def _refuse(
-        self, refusal: Refusal, entry: dict[str, Any], extra: list[tuple[str, str]] | tuple = ()
-    ) -> web.Response:
+    def _refuse(self, refusal: Refusal, entry: dict[str, Any], extra: Extra = ()) -> web.Response:
         entry["outcome"] = refusal.outcome
         entry["status"] = refusal.status
         entry["bytes_out"] = len(refusal.body)
@@ -415,7 +415,7 @@ class Gateway:
         length: int | None,
         token: TokenRecord,
         route: Route | None,
-        extra: list[tuple[str, str]] | tuple,
+        extra: Extra,
     ) -> web.StreamResponse:
         headers = self._upstream_headers(
             request, found, token, entry["request_id"], entry["client_ip"], decoded=body is not None
@@ -506,7 +506,7 @@ class Gateway:
         upstream: UpstreamResponse,
         entry: dict[str, Any],
         started: float,
-        extra: list[tuple[str, str]] | tuple,
+        extra: Extra,
     ) -> web.StreamResponse:
         entry["upstream_ms"] = round((time.perf_counter() - started) * 1000, 3)
         status = entry["status"] = upstream.status
@@ -519,13 +519,15 @@ class Gateway:
             else:
                 whole = upstream.body_if_complete()
             if whole is not None:
-                response = _WholeResponse(status=status, reason=upstream.reason)
+                whole_response = _WholeResponse(status=status, reason=upstream.reason)
                 try:
-                    sent = await response.send(request, upstream.headers, extra, entry["request_id"], whole)
+                    sent = await whole_response.send(
+                        request, upstream.headers, extra, entry["request_id"], whole
+                    )
                 except ConnectionError:
                     sent = 0  # the client went away; the record keeps the status
                 entry["bytes_out"] = sent
-                return response
+                return whole_response
         if not upstream.has_body() or request.method == "HEAD":
             whole = b""
         else:
@@ -588,7 +590,7 @@ class _WholeResponse(web.StreamResponse):
         self,
         request: web.BaseRequest,
         headers: list[tuple[str, str]],
-        extra: list[tuple[str, str]] | tuple,
+        extra: Extra,
         request_id: str,
         body: bytes,
     ) -> int:
@@ -631,7 +633,7 @@ class _WholeResponse(web.StreamResponse):
         if head.count("\n") != count or head.count("\r") != count or _BAD_FIELD.search(head):
             # aiohttp refuses these too (header injection), failing the request the same way.
             raise ValueError("forbidden control character in a response header")
-        writer = request._payload_writer
+        writer = cast(StreamWriter, request._payload_writer)
         self._eof_sent = True  # prepare() and write_eof() from aiohttp's finish_response are no-ops now
         # latin-1: the upstream's header bytes were read as latin-1, so they leave exactly as they came.
         data = head.encode("latin-1") + body if body else head.encode("latin-1")
@@ -710,7 +712,7 @@ def _peer_ip(request: web.BaseRequest) -> str | None:
     return peer[0] if peer else None
 
 
-def _trusted(peer: str, networks: tuple) -> bool:
+def _trusted(peer: str, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> bool:
     try:
         address = ipaddress.ip_address(peer)
     except ValueError:

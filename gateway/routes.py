@@ -66,7 +66,7 @@ class Router:
             if exact is not None:
                 if path != exact:
                     continue
-            elif not (path.startswith(prefix) or path == prefix[:-1]):
+            elif prefix is None or not (path.startswith(prefix) or path == prefix[:-1]):
                 continue
             if methods is None or method in methods:
                 return route

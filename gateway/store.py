@@ -16,10 +16,10 @@ import sqlite3
 import sys
 import time
 import urllib.parse
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 import orjson
@@ -32,6 +32,16 @@ from gateway.vocabulary import (
     TokenSeed,
     new_token_id,
 )
+
+T = TypeVar("T")
+
+
+async def _scalar(db: aiosqlite.Connection, sql: str, params: Sequence[Any] = ()) -> Any:
+    """The one value of a query that always returns one row (COUNT, MAX, PRAGMA)."""
+    async with db.execute(sql, params) as cur:
+        row = await cur.fetchone()
+    assert row is not None
+    return row[0]
 
 
 class StoreUnavailable(Exception):
@@ -256,15 +266,13 @@ class Store:
 
     @staticmethod
     async def _migrate(db: aiosqlite.Connection) -> None:
-        async with db.execute("PRAGMA user_version") as cur:
-            (version,) = await cur.fetchone()
+        version = await _scalar(db, "PRAGMA user_version")
         if version >= len(MIGRATIONS):
             return
         # IMMEDIATE takes the write lock, so workers starting together migrate once, one after the other.
         await db.execute("BEGIN IMMEDIATE")
         try:
-            async with db.execute("PRAGMA user_version") as cur:
-                (version,) = await cur.fetchone()
+            version = await _scalar(db, "PRAGMA user_version")
             for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
                 for statement in filter(str.strip, script.split(";")):
                     await db.execute(statement)
@@ -344,9 +352,8 @@ class Store:
 
     async def change_seq(self) -> int:
         db = await self._conn()
-        async with db.execute("SELECT COALESCE(MAX(seq), 0) FROM token_changes") as cur:
-            (seq,) = await cur.fetchone()
-        return seq
+        seq = await _scalar(db, "SELECT COALESCE(MAX(seq), 0) FROM token_changes")
+        return int(seq)
 
     async def changes_since(self, seq: int) -> tuple[int, list[bytes], bool]:
         """(newest seq, digests to evict, whether the feed was pruned past `seq` so everything must go)."""
@@ -354,7 +361,7 @@ class Store:
         async with db.execute(
             "SELECT seq, digest FROM token_changes WHERE seq > ? ORDER BY seq", (seq,)
         ) as cur:
-            rows = await cur.fetchall()
+            rows = list(await cur.fetchall())
         if not rows:
             return seq, [], False
         gap = rows[0][0] > seq + 1
@@ -375,7 +382,7 @@ class Store:
 
     # --- administration ----------------------------------------------------------------------------------------
 
-    async def _write(self, fn: Any) -> Any:
+    async def _write(self, fn: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
         """Run `fn(db)` in one IMMEDIATE transaction, rolled back on any error."""
         async with self._lock:
             db = await self._conn()
@@ -642,13 +649,12 @@ class Store:
             rows = [tuple(r.get(f) for f in LOG_FIELDS) for r in records]
         async with self._lock:
             db = await self._conn()
-            await db._execute(_insert_log_batch, db._conn, rows)
+            await db._execute(_insert_log_batch, db._conn, rows)  # type: ignore[no-untyped-call]
 
     async def last_log_id(self) -> int:
         db = await self._conn()
-        async with db.execute("SELECT COALESCE(MAX(id), 0) FROM request_log") as cur:
-            (last,) = await cur.fetchone()
-        return last
+        last = await _scalar(db, "SELECT COALESCE(MAX(id), 0) FROM request_log")
+        return int(last)
 
     async def search_log(
         self,
@@ -708,7 +714,7 @@ class Store:
                     "DELETE FROM request_log WHERE id IN (SELECT id FROM request_log WHERE ts < ? LIMIT ?)",
                     (before_ts, batch),
                 )
-                return cur.rowcount
+                return int(cur.rowcount)
 
             n = await self._write(write)
             total += n
@@ -735,8 +741,7 @@ class Store:
         # ?1 is now (unused without a status filter), ?2 the page size, ?3 the offset.
         where = f"WHERE {_STATUS_WHERE[status]}" if status else ""
         db = await self._conn()
-        async with db.execute(f"SELECT COUNT(*) FROM tokens {where}", (now,) if "?1" in where else ()) as cur:
-            (total,) = await cur.fetchone()
+        total = await _scalar(db, f"SELECT COUNT(*) FROM tokens {where}", (now,) if "?1" in where else ())
         async with db.execute(
             f"SELECT {_VIEW_COLUMNS} FROM tokens {where} ORDER BY created_at, id LIMIT ?2 OFFSET ?3",
             (now, -1 if limit is None else limit, offset),

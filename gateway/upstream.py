@@ -318,6 +318,7 @@ class _Conn(asyncio.Protocol):
         if status < 200:
             return  # interim (100 Continue, 103 Early Hints); 101 ends in HttpParserUpgrade
         resp = self._resp
+        assert resp is not None  # set by _exchange before any byte of the answer is parsed
         resp.status = status
         resp.reason = self._reason.decode("latin-1")
         resp.headers = self._hdrs
@@ -614,6 +615,14 @@ class UpstreamPool:
             f"connecting={self._connecting}>"
         )
 
+    @property
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        # Taken on first use: the pool may be built before the loop runs.
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        return loop
+
     # -- requests -----------------------------------------------------------------------------------
 
     def _encode(
@@ -680,8 +689,6 @@ class UpstreamPool:
         body_length: int | None = None,
     ) -> UpstreamResponse:
         head, payload, stream, chunked = self._encode(method, target, headers, body, body_length)
-        if self._loop is None:
-            self._loop = asyncio.get_running_loop()
         is_head = method == "HEAD"
         retry = stream is None and method in _IDEMPOTENT
         fresh = False
@@ -721,7 +728,7 @@ class UpstreamPool:
         return None
 
     async def _acquire(self, fresh: bool) -> tuple[_Conn, bool]:
-        loop = self._loop
+        loop = self._running_loop
         deadline: float | None = None
         while True:
             if self._closed:
@@ -741,7 +748,7 @@ class UpstreamPool:
             await self._wait_for_slot(deadline)
 
     async def _wait_for_slot(self, deadline: float) -> None:
-        loop = self._loop
+        loop = self._running_loop
         if loop.time() >= deadline:
             raise UpstreamBusy(f"no upstream connection free within {self._pool_timeout}s")
         fut = loop.create_future()
@@ -769,7 +776,7 @@ class UpstreamPool:
                 return
 
     async def _connect(self) -> _Conn:
-        loop = self._loop
+        loop = self._running_loop
         self._connecting += 1
         try:
             try:
@@ -803,13 +810,13 @@ class UpstreamPool:
                 # Released without reading a response that had fully arrived: the socket is clean.
                 conn._reading_paused = False
                 conn._transport.resume_reading()
-            conn._idle_since = self._loop.time()
+            conn._idle_since = self._running_loop.time()
             idle = self._idle
             if len(idle) >= self._max_idle:
                 idle.pop(0)._close()
             idle.append(conn)
             if self._sweeper is None:
-                self._sweeper = self._loop.call_at(conn._idle_since + self._idle_timeout, self._sweep)
+                self._sweeper = self._running_loop.call_at(conn._idle_since + self._idle_timeout, self._sweep)
         else:
             conn._close()
         self._wake_one()
@@ -830,13 +837,13 @@ class UpstreamPool:
     def _sweep(self) -> None:
         self._sweeper = None
         idle = self._idle
-        expired = self._loop.time() - self._idle_timeout + _TIMER_SLACK
+        expired = self._running_loop.time() - self._idle_timeout + _TIMER_SLACK
         closed = False
         while idle and idle[0]._idle_since <= expired:
             idle.pop(0)._close()
             closed = True
         if idle:
-            self._sweeper = self._loop.call_at(idle[0]._idle_since + self._idle_timeout, self._sweep)
+            self._sweeper = self._running_loop.call_at(idle[0]._idle_since + self._idle_timeout, self._sweep)
         if closed:
             self._wake_one()
 
