@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import ipaddress
 import logging
 import os
 import re
@@ -19,7 +18,6 @@ import traceback
 import zlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, cast
-from urllib.parse import quote
 
 from aiohttp import web
 from aiohttp.helpers import rfc822_formatted_time
@@ -42,55 +40,14 @@ from gateway.credentials import (
     without_method_override,
 )
 from gateway.errors import REFUSALS, CredentialConflict, MalformedRequest, Reason, Refusal
+from gateway.headers import RESPONSE_DROP, is_trusted, upstream_headers
 from gateway.limits import Limiter, needs_limits
 from gateway.routes import Router
 from gateway.store import StoreUnavailable
 from gateway.upstream import UpstreamBusy, UpstreamError, UpstreamPool, UpstreamResponse, UpstreamTimeout
 from gateway.vocabulary import Route, TokenRecord, digest_of
 
-# Never forwarded in either direction (RFC 9110 section 7.6.1), plus framing the gateway redoes itself.
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "content-length",
-        "http2-settings",
-    }
-)
-# Request headers the gateway sets itself or refuses to pass on: a client must not be able to forge identity,
-# make the upstream run another method or path than the one the permission was decided on (Symfony, Laravel,
-# IIS URL Rewrite, Spring's ForwardedHeaderFilter and Traefik-style middlewares read these), or ask the upstream for
-# an interim 100 on our behalf.
-REQUEST_DROP = HOP_BY_HOP | {
-    "host",
-    "expect",
-    "x-request-id",
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "x-forwarded-host",
-    "forwarded",
-    "x-real-ip",
-    "x-http-method-override",
-    "x-http-method",
-    "x-method-override",
-    "x-original-method",
-    "x-forwarded-method",
-    "x-original-url",
-    "x-rewrite-url",
-    "x-forwarded-uri",
-    "x-forwarded-prefix",
-    "x-forwarded-path",
-}
-RESPONSE_DROP = HOP_BY_HOP - {"content-length"}
 Extra = Sequence[tuple[str, str]]  # headers a limiter adds to an answer (RateLimit-*)
-IDENTITY_PREFIX = "x-gateway-"
 log = logging.getLogger("gateway.proxy")
 CLIENT_CLOSED = 499  # access-log status of a request whose client went away before the answer started
 DECODABLE = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
@@ -417,8 +374,16 @@ class Gateway:
         route: Route | None,
         extra: Extra,
     ) -> web.StreamResponse:
-        headers = self._upstream_headers(
-            request, found, token, entry["request_id"], entry["client_ip"], decoded=body is not None
+        peer = entry["client_ip"]
+        headers = upstream_headers(
+            request.headers,
+            token,
+            request_id=entry["request_id"],
+            peer=peer,
+            secure=request.secure,
+            peer_trusted=bool(self.trusted) and peer is not None and is_trusted(peer, self.trusted),
+            strip_authorization=found.strip_authorization,
+            decoded=body is not None,
         )
         if body is not None:
             payload: bytes | AsyncIterator[bytes] | None = found.body
@@ -453,52 +418,6 @@ class Gateway:
     def _upstream_failed(self, refusal: Refusal, entry: dict[str, Any], started: float) -> web.Response:
         entry["upstream_ms"] = round((time.perf_counter() - started) * 1000, 3)
         return self._refuse(refusal, entry)
-
-    def _upstream_headers(
-        self,
-        request: web.BaseRequest,
-        found: Found,
-        token: TokenRecord,
-        request_id: str,
-        peer: str | None,
-        decoded: bool,
-    ) -> list[tuple[str, str]]:
-        drop = REQUEST_DROP
-        raw = request.headers
-        if "Connection" in raw:
-            # Headers the client names in Connection (in any of its Connection headers) are hop-by-hop too; our own
-            # identity headers are added afterwards, so naming them here cannot remove them.
-            drop = drop | {h.strip().lower() for value in raw.getall("Connection") for h in value.split(",")}
-        if found.strip_authorization:
-            drop = drop | {"authorization"}
-        if decoded:
-            drop = drop | {"content-encoding"}
-        # A name with `_` is dropped, as nginx does: CGI, WSGI and PHP file `X_Gateway_Token_Id` under the same key
-        # as our `X-Gateway-Token-Id` (HTTP_X_GATEWAY_TOKEN_ID), and `X_Forwarded_For` under X-Forwarded-For's.
-        out = [
-            (name, value if value.isascii() else _raw_value(value))
-            for name, value in raw.items()
-            if (low := name.lower()) not in drop and not low.startswith(IDENTITY_PREFIX) and "_" not in low
-        ]
-        forwarded_for = peer
-        proto = "https" if request.secure else "http"
-        host = raw.get("Host", "")
-        if self.trusted and peer and _trusted(peer, self.trusted):
-            prior = ", ".join(raw.getall("X-Forwarded-For", []))
-            if prior:
-                forwarded_for = f"{prior}, {peer}"
-            proto = raw.get("X-Forwarded-Proto", proto)
-            host = raw.get("X-Forwarded-Host", host)
-        out.append(("X-Forwarded-For", forwarded_for or ""))
-        out.append(("X-Forwarded-Proto", proto))
-        if host:
-            out.append(("X-Forwarded-Host", host))
-        out.append(("X-Request-Id", request_id))
-        out.append(("X-Gateway-Token-Id", _header_text(token.id)))
-        out.append(("X-Gateway-Token-Name", _header_text(token.name)))
-        if token.company:
-            out.append(("X-Gateway-Company", _header_text(token.company)))
-        return out
 
     async def _relay(
         self,
@@ -645,29 +564,6 @@ class _WholeResponse(web.StreamResponse):
         return len(body)
 
 
-_PRINTABLE = re.compile(r"[ -~]*")
-
-
-def _header_text(value: str) -> str:
-    """A value of ours (a token's name or company) as a header: printable ASCII as it is, anything else
-    percent-encoded UTF-8 (`東京-team` is `%E6%9D%B1%E4%BA%AC-team`), so no name can break the header block or
-    reach the upstream as mojibake."""
-    if _PRINTABLE.fullmatch(value):
-        return value
-    return quote(value, safe=_HEADER_SAFE)
-
-
-# Printable ASCII that stays as it is inside a percent-encoded value; `%` itself is encoded, so decoding is exact.
-_HEADER_SAFE = " !\"#$&'()*+,-./:;<=>?@[\\]^_`{|}~"
-
-
-def _raw_value(value: str) -> str:
-    """A client's header value with non-ASCII bytes, back to those bytes (as the latin-1 text the upstream
-    client writes byte for byte): aiohttp decoded them as UTF-8 with surrogate escapes, and forwarding that text
-    would change the bytes or fail on them."""
-    return value.encode("utf-8", "surrogateescape").decode("latin-1")
-
-
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
@@ -710,11 +606,3 @@ def _peer_ip(request: web.BaseRequest) -> str | None:
         return None
     peer = transport.get_extra_info("peername")
     return peer[0] if peer else None
-
-
-def _trusted(peer: str, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> bool:
-    try:
-        address = ipaddress.ip_address(peer)
-    except ValueError:
-        return False
-    return any(address in net for net in networks)

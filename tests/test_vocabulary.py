@@ -11,7 +11,7 @@ IO_MODULES = ("aiohttp", "aiosqlite", "sqlite3", "redis", "asyncio", "uvloop", "
 def test_the_decision_routes_and_vocabulary_load_no_io_library() -> None:
     probe = (
         "import sys\n"
-        "import gateway.policy, gateway.routes, gateway.vocabulary, gateway.errors\n"
+        "import gateway.policy, gateway.routes, gateway.vocabulary, gateway.errors, gateway.headers\n"
         f"loaded = sorted(m for m in {IO_MODULES!r} if m in sys.modules)\n"
         "print(','.join(loaded))\n"
     )
