@@ -11,7 +11,6 @@ import csv
 import datetime as dt
 import io
 import os
-import re
 import sqlite3
 import sys
 import tempfile
@@ -26,8 +25,19 @@ import orjson
 from gateway import config as config_mod
 from gateway.cli import Failure, config_option, load_config
 from gateway.config import Config, ConfigError
-from gateway.store import Store, StoreConflict, TokenView
-from gateway.vocabulary import STATUSES, TOKEN_TYPES, TokenRecord, digest_of, new_secret
+from gateway.store import Store
+from gateway.token_service import (
+    Changes,
+    Invalid,
+    NewToken,
+    NotFound,
+    TokenError,
+    TokenService,
+    describe,
+    iso,
+    printable,
+)
+from gateway.vocabulary import STATUSES, TOKEN_TYPES, TokenRecord
 
 T = TypeVar("T")
 
@@ -45,16 +55,18 @@ EXPORT_COLUMNS = (
     "last_used",
 )
 WHEN_HELP = "an ISO-8601 date or time (no offset = UTC), or a duration from now such as 30d or 12h"
-# Names are typed in shells and opened in spreadsheets: no leading formula characters, no control characters, and
-# nothing that looks like a token id (which `NAME|ID` arguments would find first).
-_NAME = re.compile(r"[^\W_][^\x00-\x1f\x7f]{0,99}")
 
 
 # --- plumbing ----------------------------------------------------------------------------------------------------
 
 
-def _run(cfg: Config, work: Callable[[Store], Awaitable[T]]) -> T:
-    """Run `work` against the configured store; store trouble is a runtime failure (exit 1)."""
+def _run(
+    cfg: Config, work: Callable[[TokenService], Awaitable[T]], options: dict[str, str] | None = None
+) -> T:
+    """Run `work` with the token service over the configured store; store trouble is a runtime failure (exit 1).
+
+    The service's errors name fields; `options` says which command-line option (or argument) each field is.
+    """
 
     async def run() -> T:
         try:
@@ -63,13 +75,29 @@ def _run(cfg: Config, work: Callable[[Store], Awaitable[T]]) -> T:
         except (sqlite3.Error, OSError) as e:
             raise Failure(f"cannot open the store {cfg.store.database}: {e}") from None
         try:
-            return await work(store)
+            return await work(TokenService(store, cfg))
         except sqlite3.Error as e:
             raise Failure(f"the store {cfg.store.database} failed: {e}") from None
         finally:
             await store.close()
 
-    return asyncio.run(run())
+    try:
+        return asyncio.run(run())
+    except TokenError as e:
+        raise _rendered(e, options or {}) from None
+
+
+def _rendered(error: TokenError, options: dict[str, str]) -> click.ClickException:
+    """A service error as the CLI says it: bad input is a usage error (exit 2), the store's state a failure (1)."""
+    message = error.message
+    if isinstance(error, NotFound):
+        return Failure(f"{message}; 'gateway tokens list' shows them all")
+    for field, option in options.items():
+        if "_" in field:  # a field named in the message (`not_before`), said as the option that sets it
+            message = message.replace(field, option)
+    if error.field is not None:
+        message = f"{options.get(error.field, error.field)}: {message}"
+    return click.UsageError(message) if isinstance(error, Invalid) else Failure(message)
 
 
 def _usage(option: str, problem: str) -> click.UsageError:
@@ -83,37 +111,6 @@ def _config_value(parse: Callable[[Any, str], T], value: Any, option: str) -> T:
         raise click.UsageError(str(e)) from None
 
 
-async def _find(store: Store, name_or_id: str) -> TokenView:
-    view = await store.view(name_or_id)
-    if view is None:
-        what = "with id" if name_or_id.startswith("tok_") else "named"
-        raise Failure(f"no token {what} {name_or_id!r}; 'gateway tokens list' shows them all")
-    return view
-
-
-def _not_seeded(record: TokenRecord, action: str) -> None:
-    # Seeding is declarative: a change made here would be undone at the next start or reload.
-    if record.source == "seed":
-        raise Failure(
-            f"token {record.name!r} is seeded from the config file; {action} it there and reload (SIGHUP)"
-        )
-
-
-def _check_name(name: str, option: str, cfg: Config) -> None:
-    if not _NAME.fullmatch(name) or not name.isprintable() or name != name.strip() or name.startswith("tok_"):
-        raise _usage(
-            option,
-            f"{_printable(name)!r} is not a usable token name: 1 to 100 characters, starting with a letter or "
-            "digit, no control characters, not starting with 'tok_'",
-        )
-    if name in {seed.name for seed in cfg.tokens}:
-        raise _usage(
-            option,
-            f"{name!r} is declared in the config file's [[tokens]]; choose another name "
-            "(seeded tokens are managed in the config file)",
-        )
-
-
 def _permissions(values: Iterable[str], option: str) -> list[str]:
     """`--grant a,b --grant c` -> ["a", "b", "c"], each checked for its form."""
     out: list[str] = []
@@ -122,22 +119,6 @@ def _permissions(values: Iterable[str], option: str) -> list[str]:
             if part.strip():
                 out.append(_config_value(config_mod.parse_permission, part.strip(), option))
     return list(dict.fromkeys(out))
-
-
-def _check_permissions(
-    permissions: Sequence[str], option: str, cfg: Config, type_: str, company: str | None
-) -> None:
-    try:
-        config_mod.check_token_permissions(
-            key=option,
-            type_=type_,
-            company=company,
-            permissions=permissions,
-            sections=cfg.sections,
-            token_types=cfg.token_types,
-        )
-    except ConfigError as e:
-        raise click.UsageError(str(e)) from None
 
 
 def parse_when(value: str, option: str, now: float) -> float | None:
@@ -185,48 +166,7 @@ def _none(value: str) -> bool:
     return value.strip().lower() in ("none", "off")
 
 
-def _check_window(not_before: float | None, expires: float | None) -> None:
-    if not_before is not None and expires is not None and expires <= not_before:
-        raise _usage("--expires", f"{_iso(expires)} is not after --not-before {_iso(not_before)}")
-
-
 # --- output ------------------------------------------------------------------------------------------------------
-
-
-def _iso(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _printable(text: str) -> str:
-    """Names and companies come from config files too: never let one send escape sequences to a terminal."""
-    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
-
-
-def _describe(view: TokenView, now: float) -> dict[str, Any]:
-    """Everything an administrator may see of a token: never its secret, never a digest."""
-    r = view.record
-    return {
-        "id": r.id,
-        "name": r.name,
-        "type": r.type,
-        "company": r.company,
-        "permissions": sorted(r.permissions),
-        "status": r.status(now),
-        "source": r.source,
-        "created_at": _iso(r.created_at),
-        "updated_at": _iso(r.updated_at),
-        "not_before": _iso(r.not_before),
-        "expires": _iso(r.expires),
-        "revoked_at": _iso(r.revoked_at),
-        "revoked_by": view.revoked_by,
-        "previous_secret_until": _iso(view.previous_secret_until),
-        "rate_limit": r.rate_limit.text if r.rate_limit else None,
-        "quota": r.quota.text if r.quota else None,
-        "concurrency": r.concurrency,
-        "last_used_at": _iso(r.last_used_at),
-    }
 
 
 def _echo_json(value: Any) -> None:
@@ -245,9 +185,9 @@ def _details(described: dict[str, Any]) -> str:
     previous = d["previous_secret_until"]
     rows = [
         ("id", d["id"]),
-        ("name", _printable(d["name"])),
+        ("name", printable(d["name"])),
         ("type", d["type"]),
-        ("company", _printable(d["company"] or "-")),
+        ("company", printable(d["company"] or "-")),
         ("permissions", ", ".join(d["permissions"]) or "(none)"),
         ("status", d["status"]),
         ("source", "config file" if d["source"] == "seed" else d["source"]),
@@ -335,50 +275,33 @@ def create(
     """
     cfg = load_config(config_path, secrets=False)
     now = time.time()
-    _check_name(name, "NAME", cfg)
     if all_ and permission_args:
         raise _usage("--all", "give either --permissions or --all, not both")
     permissions = ["*"] if all_ else _permissions(permission_args, "--permissions")
     if not permissions:
         raise _usage("--permissions", 'give the permissions (e.g. --permissions leads:read) or --all for "*"')
-    if type_ == "external" and not company:
-        raise _usage("--company", "external tokens need a company (--company NAME)")
-    if type_ != "external" and company:
-        raise _usage("--company", f"only external tokens carry a company, this one is {type_}")
-    if company is not None and (not company.strip() or not company.isprintable()):
-        raise _usage("--company", f"expected a printable company name, got {_printable(company)!r}")
-    _check_permissions(permissions, "--permissions", cfg, type_, company)
-    starts = parse_when(not_before, "--not-before", now) if not_before else None
-    ends = parse_when(expires, "--expires", now) if expires else None
-    if ends is not None and ends <= now:
-        raise _usage("--expires", f"{_iso(ends)} is already past; a token must be usable for a while")
-    _check_window(starts, ends)
-    limits = _limits(rate_limit, quota, concurrency)
-    secret = new_secret()
-
-    async def work(store: Store) -> TokenView:
-        try:
-            record = await store.create_token(
-                name=name,
-                digest=digest_of(secret),
-                type_=type_,
-                company=company,
-                permissions=permissions,
-                not_before=starts,
-                expires=ends,
-                source="cli",
-                **limits,
-            )
-        except StoreConflict as e:
-            raise Failure(f"NAME: {e}") from None
-        return await _find(store, record.id)
-
-    view = _run(cfg, work)
-    described = _describe(view, now)
+    new = NewToken(
+        name=name,
+        permissions=permissions,
+        type=type_,
+        company=company,
+        not_before=parse_when(not_before, "--not-before", now) if not_before else None,
+        expires=parse_when(expires, "--expires", now) if expires else None,
+        limits=_limits(rate_limit, quota, concurrency),
+    )
+    options = {
+        "name": "NAME",
+        "permissions": "--permissions",
+        "company": "--company",
+        "expires": "--expires",
+        "not_before": "--not-before",
+    }
+    view, secret = _run(cfg, lambda service: service.create(new), options)
+    described = describe(view, now)
     if as_json:
         _echo_json({**described, "secret": secret})
         return
-    click.echo(f"Created token {_printable(name)!r} ({view.record.id}).")
+    click.echo(f"Created token {printable(name)!r} ({view.record.id}).")
     click.echo(_details(described))
     click.echo("\nIts secret, shown only this once (store it now; it cannot be shown again):")
     click.echo(secret)
@@ -406,12 +329,7 @@ def list_(page: int, page_size: int, status: str | None, as_json: bool, config_p
     """
     cfg = load_config(config_path, secrets=False)
     now = time.time()
-    total, views = _run(
-        cfg,
-        lambda store: store.list_views(
-            status=status, now=now, offset=(page - 1) * page_size, limit=page_size
-        ),
-    )
+    total, views = _run(cfg, lambda service: service.page(page=page, page_size=page_size, status=status))
     pages = max(1, -(-total // page_size))
     if as_json:
         _echo_json(
@@ -421,7 +339,7 @@ def list_(page: int, page_size: int, status: str | None, as_json: bool, config_p
                 "pages": pages,
                 "total": total,
                 "status": status,
-                "tokens": [_describe(v, now) for v in views],
+                "tokens": [describe(v, now) for v in views],
             }
         )
         return
@@ -437,13 +355,13 @@ def list_(page: int, page_size: int, status: str | None, as_json: bool, config_p
     rows = [
         [
             v.record.id,
-            _printable(v.record.name),
+            printable(v.record.name),
             v.record.type,
             v.record.status(now),
             ", ".join(sorted(v.record.permissions)),
-            _iso(v.record.created_at) or "",
-            _iso(v.record.expires) or "never",
-            _iso(v.record.last_used_at) or "never",
+            iso(v.record.created_at) or "",
+            iso(v.record.expires) or "never",
+            iso(v.record.last_used_at) or "never",
         ]
         for v in views
     ]
@@ -470,8 +388,8 @@ def show(token: str, as_json: bool, config_path: str | None) -> None:
     """
     cfg = load_config(config_path, secrets=False)
     now = time.time()
-    view = _run(cfg, lambda store: _find(store, token))
-    described = _describe(view, now)
+    view = _run(cfg, lambda service: service.find(token))
+    described = describe(view, now)
     if as_json:
         _echo_json(described)
     else:
@@ -526,59 +444,32 @@ def edit(
         raise _usage(option, "a token's type and company cannot change after creation; create a new token")
     cfg = load_config(config_path, secrets=False)
     now = time.time()
-    if rename is not None:
-        _check_name(rename, "--rename", cfg)
-    if all_ and (grant or remove):
-        raise _usage("--all", "give either --all or --grant/--remove, not both")
-    granted = _permissions(grant, "--grant")
-    removed = _permissions(remove, "--remove")
-    if both := set(granted) & set(removed):
-        raise _usage("--remove", f"{sorted(both)[0]!r} is also in --grant")
-    changes: dict[str, Any] = _limits(rate_limit, quota, concurrency)
+    validity: dict[str, float | None] = {}
     if expires is not None:
-        changes["expires"] = parse_when(expires, "--expires", now)
+        validity["expires"] = parse_when(expires, "--expires", now)
     if not_before is not None:
-        changes["not_before"] = parse_when(not_before, "--not-before", now)
-    if rename is None and not (granted or removed or all_ or changes):
-        raise click.UsageError(
-            "nothing to change: give --rename, --grant, --remove, --all, --expires, --not-before, "
-            "--rate-limit, --quota or --concurrency"
-        )
-
-    async def work(store: Store) -> TokenView:
-        view = await _find(store, token)
-        record = view.record
-        _not_seeded(record, "change")
-        if all_ or granted:
-            _check_permissions(
-                ["*"] if all_ else granted, "--all" if all_ else "--grant", cfg, record.type, record.company
-            )
-        for p in removed:
-            if p not in record.permissions:
-                held = ", ".join(sorted(record.permissions)) or "nothing"
-                raise Failure(f"--remove: token {record.name!r} does not hold {p!r} (it holds {held})")
-        if all_ or granted or removed:
-            permissions = {"*"} if all_ else (set(record.permissions) | set(granted)) - set(removed)
-            if not permissions:
-                raise Failure(f"--remove: token {record.name!r} would hold no permission; revoke it instead")
-            if permissions != record.permissions:
-                changes["permissions"] = permissions
-        if rename is not None and rename != record.name:
-            changes["name"] = rename
-        _check_window(changes.get("not_before", record.not_before), changes.get("expires", record.expires))
-        if changes:
-            try:
-                await store.update_token(record.id, **changes)
-            except StoreConflict as e:
-                raise Failure(f"--rename: {e}") from None
-        return await _find(store, record.id)
-
-    view = _run(cfg, work)
-    described = _describe(view, now)
+        validity["not_before"] = parse_when(not_before, "--not-before", now)
+    changes = Changes(
+        rename=rename,
+        grant=_permissions(grant, "--grant"),
+        remove=_permissions(remove, "--remove"),
+        all=all_,
+        validity=validity,
+        limits=_limits(rate_limit, quota, concurrency),
+    )
+    options = {
+        "rename": "--rename",
+        "all": "--all",
+        "grant": "--grant",
+        "remove": "--remove",
+        "expires": "--expires",
+    }
+    view = _run(cfg, lambda service: service.edit(token, changes), options)
+    described = describe(view, now)
     if as_json:
         _echo_json(described)
         return
-    click.echo(f"Updated token {_printable(view.record.name)!r} ({view.record.id}).")
+    click.echo(f"Updated token {printable(view.record.name)!r} ({view.record.id}).")
     click.echo(_details(described))
 
 
@@ -593,21 +484,12 @@ def revoke(token: str, config_path: str | None) -> None:
       gateway tokens revoke reporting
     """
     cfg = load_config(config_path, secrets=False)
-    now = time.time()
-
-    async def work(store: Store) -> tuple[TokenView, bool]:
-        view = await _find(store, token)
-        if view.record.revoked_at is not None:
-            return view, False
-        await store.update_token(view.record.id, revoked_at=now, revoked_by="admin")
-        return await _find(store, view.record.id), True
-
-    view, revoked = _run(cfg, work)
+    view, revoked = _run(cfg, lambda service: service.revoke(token))
     r = view.record
     if revoked:
-        click.echo(f"Revoked token {_printable(r.name)!r} ({r.id}) at {_iso(r.revoked_at)}.")
+        click.echo(f"Revoked token {printable(r.name)!r} ({r.id}) at {iso(r.revoked_at)}.")
     else:
-        click.echo(f"Token {_printable(r.name)!r} ({r.id}) was already revoked at {_iso(r.revoked_at)}.")
+        click.echo(f"Token {printable(r.name)!r} ({r.id}) was already revoked at {iso(r.revoked_at)}.")
 
 
 @tokens.command(short_help="Issue a new secret; --grace keeps the old one a while.")
@@ -632,30 +514,13 @@ def rotate(token: str, grace: str | None, as_json: bool, config_path: str | None
     """
     cfg = load_config(config_path, secrets=False)
     grace_seconds = _config_value(config_mod.parse_duration, grace, "--grace") if grace else 0.0
-    secret = new_secret()
-
-    async def work(store: Store) -> TokenView:
-        view = await _find(store, token)
-        record = view.record
-        _not_seeded(record, "rotate")
-        if record.revoked_at is not None:
-            raise Failure(f"token {record.name!r} is revoked; create a new token instead")
-        now = time.time()
-        try:
-            await store.rotate_token(
-                record.id, digest_of(secret), now + grace_seconds if grace_seconds else None
-            )
-        except StoreConflict as e:
-            raise Failure(str(e)) from None
-        return await _find(store, record.id)
-
-    view = _run(cfg, work)
+    view, secret = _run(cfg, lambda service: service.rotate(token, grace_seconds))
     r = view.record
-    until = _iso(view.previous_secret_until)
+    until = iso(view.previous_secret_until)
     if as_json:
         _echo_json({"id": r.id, "name": r.name, "previous_secret_until": until, "secret": secret})
         return
-    click.echo(f"Rotated token {_printable(r.name)!r} ({r.id}).")
+    click.echo(f"Rotated token {printable(r.name)!r} ({r.id}).")
     click.echo(f"The old secret works until {until}." if until else "The old secret no longer works.")
     click.echo("\nThe new secret, shown only this once (store it now; it cannot be shown again):")
     click.echo(secret)
@@ -679,21 +544,8 @@ def delete(token: str, yes: bool, config_path: str | None) -> None:
         )
     cfg = load_config(config_path, secrets=False)
 
-    async def work(store: Store) -> TokenRecord:
-        record = (await _find(store, token)).record
-        if record.source == "seed" and (
-            record.revoked_at is None or record.name in {seed.name for seed in cfg.tokens}
-        ):
-            # Deleting a token the file still declares would let the next seeding create it afresh, active.
-            _not_seeded(record, "remove")
-        try:
-            await store.delete_token(record.id)
-        except StoreConflict as e:
-            raise Failure(str(e)) from None
-        return record
-
-    record = _run(cfg, work)
-    click.echo(f"Deleted token {_printable(record.name)!r} ({record.id}).")
+    record = _run(cfg, lambda service: service.delete(token))
+    click.echo(f"Deleted token {printable(record.name)!r} ({record.id}).")
 
 
 @tokens.command(short_help="Export every token to xlsx or csv.")
@@ -734,7 +586,7 @@ def export(format_: str | None, output: str, config_path: str | None) -> None:
         raise _usage("--output", "only csv can be written to standard output")
     cfg = load_config(config_path, secrets=False)
     now = time.time()
-    _, views = _run(cfg, lambda store: store.list_views(now=now))
+    views = _run(cfg, lambda service: service.everything())
     rows = [_export_row(v.record, now) for v in views]
     if output == "-":
         sys.stdout.write(_csv_text(rows))

@@ -31,7 +31,8 @@ from gateway.limits_local import LocalLimiter
 from gateway.limits_redis import RedisLimiter, lease_ttl_for
 from gateway.protocol import GatewayServer, StartupRefused, require_c_parser
 from gateway.proxy import Gateway
-from gateway.store import Store, StoreConflict
+from gateway.store import Store
+from gateway.token_service import TokenService
 from gateway.upstream import UpstreamPool
 
 log = logging.getLogger("gateway.server")
@@ -92,9 +93,7 @@ async def seed(config: Config) -> dict[str, int]:
     except Exception as e:
         raise StartupError(f"cannot open the store {config.store.database}: {e}") from None
     try:
-        return await store.seed(config.tokens)
-    except StoreConflict as e:
-        raise ConfigError(f"tokens: {e}") from None
+        return await TokenService(store, config).seed()
     finally:
         await store.close()
 
@@ -141,10 +140,7 @@ class Worker:
         self.store = await _open_store(cfg)
         stack.push_async_callback(self.store.close)
         if self._seeds:
-            try:
-                await self.store.seed(cfg.tokens)
-            except StoreConflict as e:
-                raise ConfigError(f"tokens: {e}") from None
+            await TokenService(self.store, cfg).seed()
         self.cache = TokenCache(
             self.store,
             size=cfg.cache.size,
@@ -241,8 +237,8 @@ class Worker:
         try:
             new = config_mod.load(source)
             if self._seeds:
-                await self.store.seed(new.tokens)
-        except (ConfigError, StoreConflict) as e:
+                await TokenService(self.store, new).seed()
+        except ConfigError as e:
             log.error("reload refused, keeping the running configuration: %s", e)
             return
         except Exception as e:  # the store is unreachable: nothing was seeded, so nothing may change
@@ -412,7 +408,7 @@ class Master:
         try:
             new = config_mod.load(self.config.source)
             asyncio.run(seed(new))
-        except (ConfigError, StoreConflict, StartupError) as e:
+        except (ConfigError, StartupError) as e:
             log.error("reload refused, keeping the running configuration: %s", e)
             return
         self.config = new
