@@ -7,9 +7,7 @@ in the store's change feed, which running gateways follow, so a change reaches e
 from __future__ import annotations
 
 import asyncio
-import csv
 import datetime as dt
-import io
 import os
 import sqlite3
 import sys
@@ -26,6 +24,7 @@ from gateway import config as config_mod
 from gateway.cli import Failure, config_option, load_config
 from gateway.config import Config, ConfigError
 from gateway.store import Store
+from gateway.token_export import csv_text, export_row, xlsx_bytes
 from gateway.token_service import (
     Changes,
     Invalid,
@@ -37,23 +36,11 @@ from gateway.token_service import (
     iso,
     printable,
 )
-from gateway.vocabulary import STATUSES, TOKEN_TYPES, TokenRecord
+from gateway.vocabulary import STATUSES, TOKEN_TYPES
 
 T = TypeVar("T")
 
 PAGE_SIZES = (10, 100)
-EXPORT_COLUMNS = (
-    "id",
-    "name",
-    "type",
-    "company",
-    "permissions",
-    "status",
-    "created",
-    "not_before",
-    "expires",
-    "last_used",
-)
 WHEN_HELP = "an ISO-8601 date or time (no offset = UTC), or a duration from now such as 30d or 12h"
 
 
@@ -587,84 +574,12 @@ def export(format_: str | None, output: str, config_path: str | None) -> None:
     cfg = load_config(config_path, secrets=False)
     now = time.time()
     views = _run(cfg, lambda service: service.everything())
-    rows = [_export_row(v.record, now) for v in views]
+    rows = [export_row(v.record, now) for v in views]
     if output == "-":
-        sys.stdout.write(_csv_text(rows))
+        sys.stdout.write(csv_text(rows))
         return
-    _write_atomically(Path(output), _xlsx_bytes(rows) if format_ == "xlsx" else _csv_text(rows).encode())
+    _write_atomically(Path(output), xlsx_bytes(rows) if format_ == "xlsx" else csv_text(rows).encode())
     click.echo(f"Exported {len(rows)} token{'' if len(rows) == 1 else 's'} to {output}.")
-
-
-def _export_row(r: TokenRecord, now: float) -> list[Any]:
-    def when(ts: float | None) -> dt.datetime | None:
-        if ts is None:
-            return None
-        # Spreadsheets have no time zones: naive UTC, whole seconds.
-        return dt.datetime.fromtimestamp(int(ts), dt.UTC).replace(tzinfo=None)
-
-    return [
-        r.id,
-        r.name,
-        r.type,
-        r.company,
-        ", ".join(sorted(r.permissions)),
-        r.status(now),
-        when(r.created_at),
-        when(r.not_before),
-        when(r.expires),
-        when(r.last_used_at),
-    ]
-
-
-# A cell starting with one of these is a formula to a spreadsheet program (CSV injection).
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-
-
-def _csv_text(rows: list[list[Any]]) -> str:
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(EXPORT_COLUMNS)
-    for row in rows:
-        cells = []
-        for value in row:
-            if value is None:
-                cells.append("")
-            elif isinstance(value, dt.datetime):
-                cells.append(value.strftime("%Y-%m-%dT%H:%M:%SZ"))
-            elif isinstance(value, str) and value.startswith(_FORMULA_START):
-                cells.append("'" + value)
-            else:
-                cells.append(value)
-        writer.writerow(cells)
-    return out.getvalue()
-
-
-def _xlsx_bytes(rows: list[list[Any]]) -> bytes:
-    from openpyxl import Workbook
-    from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
-    from openpyxl.styles import Font
-
-    book = Workbook()
-    sheet = book.active
-    assert sheet is not None  # a new workbook always has its first sheet
-    sheet.title = "tokens"
-    sheet.append(EXPORT_COLUMNS)
-    for cell in sheet[1]:
-        cell.font = Font(bold=True)
-    for row in rows:
-        sheet.append([ILLEGAL_CHARACTERS_RE.sub("?", v) if isinstance(v, str) else v for v in row])
-        for cell in sheet[sheet.max_row]:
-            if isinstance(cell.value, dt.datetime):
-                cell.number_format = "yyyy-mm-dd hh:mm:ss"
-            elif cell.data_type == "f":
-                cell.data_type = "s"  # a name like "=HYPERLINK(...)" is text, never a formula
-    sheet.freeze_panes = "A2"
-    sheet.auto_filter.ref = sheet.dimensions
-    for column, width in zip("ABCDEFGHIJ", (26, 24, 11, 16, 32, 15, 20, 20, 20, 20), strict=True):
-        sheet.column_dimensions[column].width = width
-    out = io.BytesIO()
-    book.save(out)
-    return out.getvalue()
 
 
 def _write_atomically(path: Path, data: bytes) -> None:

@@ -18,9 +18,10 @@ import openpyxl
 import pytest
 
 from gateway import config as config_mod
-from gateway.cli_tokens import EXPORT_COLUMNS, parse_when
+from gateway.cli_tokens import parse_when
 from gateway.server import seed
 from gateway.store import Store
+from gateway.token_export import EXPORT_COLUMNS
 from gateway.vocabulary import digest_of
 from tests.cli_helpers import cli_config, gateway_cli, gateway_process
 
